@@ -1,0 +1,52 @@
+"""`raysim run [CONFIG] [--set key=value ...] [--out DIR] [--resume DIR]`."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from raysim.config import ConfigError, load_config
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raysim", description="Federated-learning cluster simulator (AutoFLIP).")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run an experiment (no CONFIG: the embedded default)")
+    run.add_argument("config", nargs="?", type=Path, help="experiment YAML; omitted: the embedded default")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a config field, e.g. --set rounds=5 --set clients.optimizer.lr=0.01")
+    run.add_argument("--out", type=Path, help="parent folder of the run folder (default: the config's output.dir)")
+    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    from raysim.experiment import execute, new_run, resumed_config
+    from raysim.results.summary import print_summary
+
+    if args.resume:
+        if args.config or args.overrides or args.out:
+            raise ConfigError("--resume continues a run with its saved config: drop CONFIG, --set and --out")
+        cfg, run_dir = resumed_config(args.resume), args.resume
+    else:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = new_run(cfg, args.out)
+    summary = execute(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
+    print_summary(summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from raysim.data.errors import DataError
+
+    try:
+        return _run(args)
+    except (ConfigError, DataError) as exc:
+        print(f"raysim: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

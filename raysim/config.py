@@ -1,0 +1,233 @@
+"""The experiment configuration: typed, validated, parsed in one place.
+
+Every section forbids unknown fields, so a typo fails before any work with a
+message naming the field and the fields (or values) that are allowed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DatasetName = Literal[
+    "synthetic", "mnist", "fashion_mnist", "emnist", "cifar10", "cifar100", "femnist", "shakespeare"
+]
+
+
+IMAGE_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100", "femnist")
+USER_DATASETS = ("synthetic", "femnist", "shakespeare")
+VECTOR_DATASETS = ("synthetic", *IMAGE_DATASETS)
+MODEL_DATASETS = {
+    "logreg": VECTOR_DATASETS,
+    "mlp": VECTOR_DATASETS,
+    "twocnn": IMAGE_DATASETS,
+    "cifar_cnn": IMAGE_DATASETS,
+    "resnet": IMAGE_DATASETS,
+    "char_lstm": ("shakespeare",),
+}
+
+
+class PartitionConfig(_Section):
+    scheme: Literal["iid", "dirichlet", "classes", "natural"] = "iid"
+    alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels")
+    classes_per_client: int = Field(2, ge=1, description="k for the pathological split")
+    min_samples: int = Field(2, ge=1, description="Dirichlet redraws until every client has this many")
+
+
+class SyntheticConfig(_Section):
+    """LEAF's Synthetic(alpha, beta): generated in-process, needs no download."""
+
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    dimension: int = Field(60, ge=1)
+    num_classes: int = Field(10, ge=2)
+    mean_samples: float = Field(4.0, gt=0, description="log-normal mean of samples per user (log scale)")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+
+
+class DataConfig(_Section):
+    dataset: DatasetName = "synthetic"
+    path: Path | None = Field(None, description="dataset folder; None means the dataset's default location")
+    num_clients: int = Field(30, ge=1, description="ignored by the natural partition (one client per LEAF user) unless smaller")
+    partition: PartitionConfig = PartitionConfig()
+    holdout_fraction: float = Field(0.1, ge=0, lt=1, description="share of each client's data kept for client-side evaluation")
+    max_train_samples: int | None = Field(None, ge=1, description="subsample the training set (fast experiments)")
+    max_test_samples: int | None = Field(None, ge=1)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+class ModelConfig(_Section):
+    name: Literal["logreg", "mlp", "twocnn", "cifar_cnn", "resnet", "char_lstm"] = "logreg"
+    hidden: int = Field(200, ge=1, description="MLP hidden width / LSTM hidden size")
+    layers: int = Field(2, ge=1, description="MLP hidden layers / LSTM layers")
+    embedding: int = Field(8, ge=1, description="char_lstm embedding size")
+
+
+class OptimizerConfig(_Section):
+    name: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class ClientConfig(_Section):
+    per_round: float = Field(10, gt=0, description="clients per round: a count (>= 1) or a fraction of the population (< 1)")
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    lr_decay: float = Field(1.0, gt=0, le=1, description="client lr multiplier applied once per round")
+
+    @model_validator(mode="after")
+    def _count_or_fraction(self) -> "ClientConfig":
+        if self.per_round >= 1 and self.per_round != int(self.per_round):
+            raise ValueError("per_round must be a whole count (>= 1) or a fraction in (0, 1)")
+        return self
+
+
+class AlgorithmConfig(_Section):
+    name: Literal["fedavg"] = "fedavg"
+    server_lr: float = Field(1.0, gt=0)
+    server_momentum: float = Field(0.0, ge=0, lt=1, description="server momentum, applied identically to every method")
+
+
+class DevicesConfig(_Section):
+    mix: dict[str, float] = Field(
+        default_factory=lambda: {"phone_low": 0.3, "phone_mid": 0.4, "phone_high": 0.2, "laptop": 0.1},
+        description="device profile name -> share of the population",
+    )
+    deadline_s: float | None = Field(None, gt=0, description="simulated seconds; slower clients are dropped")
+    use_availability: bool = Field(True, description="sample only clients online this round")
+
+
+class PayloadConfig(_Section):
+    compression: Literal["none", "zstd"] = "none"
+    zstd_level: int = Field(3, ge=1, le=22)
+
+
+class EvalConfig(_Section):
+    every: int = Field(1, ge=1, description="evaluate every k rounds (and always after the last)")
+    clients: bool = Field(True, description="also evaluate on clients' held-out data")
+    max_clients: int = Field(100, ge=1, description="clients evaluated on held-out data per evaluation")
+    batch_size: int = Field(1024, ge=1)
+
+
+class OutputConfig(_Section):
+    dir: Path = Path("runs")
+    checkpoint_every: int = Field(1, ge=1)
+    progress: bool = True
+
+
+class BackendConfig(_Section):
+    name: Literal["inprocess"] = "inprocess"
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    seed: int = Field(0, ge=0)
+    rounds: int = Field(10, ge=1)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    clients: ClientConfig = ClientConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    devices: DevicesConfig = DevicesConfig()
+    payload: PayloadConfig = PayloadConfig()
+    eval: EvalConfig = EvalConfig()
+    output: OutputConfig = OutputConfig()
+    backend: BackendConfig = BackendConfig()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> "ExperimentConfig":
+        ds, scheme, model = self.data.dataset, self.data.partition.scheme, self.model.name
+        if scheme == "natural" and ds not in USER_DATASETS:
+            raise ValueError(
+                f"data.partition.scheme=natural needs per-user data; allowed datasets: {', '.join(USER_DATASETS)} (got {ds})"
+            )
+        allowed = MODEL_DATASETS[model]
+        if ds not in allowed:
+            raise ValueError(f"model.name={model} cannot take data.dataset={ds}; it takes: {', '.join(allowed)}")
+        return self
+
+
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
+
+def _format_error(exc: ValidationError, model: type[BaseModel]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_fields(model, err["loc"][:-1])
+            msg = f"unknown field; allowed fields: {', '.join(allowed)}"
+        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`key.sub=value` strings; values are parsed as YAML scalars (3, 0.1, true, null)."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set rounds=5")
+        out.append((key.strip(), yaml.safe_load(raw) if raw != "" else ""))
+    return out
+
+
+def load_config(path: Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML config (the embedded default when `path` is None) and apply `--set` overrides."""
+    path = Path(path) if path is not None else DEFAULT_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(tree).__name__}")
+    for key, value in parse_overrides(overrides or []):
+        _set_path(tree, key, value)
+    return config_from_dict(tree, source=str(path))
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + _format_error(exc, ExperimentConfig)) from None
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,87 @@
+"""The federated dataset: global arrays once, clients as index ranges.
+
+Client membership is stored CSR-style (one index array plus offsets) so a
+population of 100,000 clients is two arrays, not 100,000 Python objects, and
+the whole thing can live once in a shared object store.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ArrayDataset:
+    """Features and integer labels. x: float32 (images NCHW, vectors NF) or int64 token sequences."""
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self):
+        if len(self.x) != len(self.y):
+            raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class FederatedDataset:
+    name: str
+    train: ArrayDataset
+    test: ArrayDataset
+    num_classes: int
+    client_offsets: np.ndarray  # int64, num_clients + 1
+    client_index: np.ndarray  # int64 rows of `train`, grouped by client
+    holdout_counts: np.ndarray  # int64 per client: the last h rows of its slice are held out
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_offsets) - 1
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.x.shape[1:])
+
+    def _slice(self, client: int) -> np.ndarray:
+        return self.client_index[self.client_offsets[client] : self.client_offsets[client + 1]]
+
+    def client_train_rows(self, client: int) -> np.ndarray:
+        rows = self._slice(client)
+        return rows[: len(rows) - int(self.holdout_counts[client])]
+
+    def client_holdout_rows(self, client: int) -> np.ndarray:
+        rows = self._slice(client)
+        return rows[len(rows) - int(self.holdout_counts[client]) :]
+
+    def client_train_sizes(self) -> np.ndarray:
+        return np.diff(self.client_offsets) - self.holdout_counts
+
+    @classmethod
+    def from_partition(
+        cls,
+        name: str,
+        train: ArrayDataset,
+        test: ArrayDataset,
+        num_classes: int,
+        parts: list[np.ndarray],
+        holdout_fraction: float,
+        rng: np.random.Generator,
+    ) -> "FederatedDataset":
+        """Build from per-client row lists; each client's rows are shuffled, then a
+        `holdout_fraction` tail (at least 1 row when the client has 2 or more) is held out."""
+        if not parts:
+            raise ValueError("a federation needs at least one client")
+        shuffled, holdout = [], []
+        for rows in parts:
+            rows = rng.permutation(np.asarray(rows, dtype=np.int64))
+            h = int(round(len(rows) * holdout_fraction)) if holdout_fraction > 0 else 0
+            if holdout_fraction > 0 and len(rows) >= 2:
+                h = min(max(h, 1), len(rows) - 1)
+            shuffled.append(rows)
+            holdout.append(h)
+        offsets = np.zeros(len(parts) + 1, dtype=np.int64)
+        np.cumsum([len(r) for r in shuffled], out=offsets[1:])
+        index = np.concatenate(shuffled) if shuffled else np.zeros(0, dtype=np.int64)
+        return cls(name, train, test, num_classes, offsets, index, np.asarray(holdout, dtype=np.int64))

@@ -1,0 +1,97 @@
+"""The contract between the round loop, the algorithms and the backends.
+
+Server state goes in and comes out explicitly: nothing hides on the algorithm
+object, which is what lets a checkpoint capture a run completely.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from raysim.engine.stats import Partial, Tensors, WeightedSum
+
+TaskKind = Literal["train", "explore", "evaluate"]
+
+
+@dataclass
+class ServerState:
+    round: int  # rounds completed
+    weights: Tensors  # the global model's state_dict
+    buffers: Tensors = field(default_factory=dict)  # algorithm tensors: server momentum, masks, guidance
+    meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: architecture record, schedule position
+
+
+@dataclass(frozen=True)
+class ClientTask:
+    round: int
+    client: int
+    seed: int
+    kind: TaskKind = "train"
+    lr: float = 0.0
+    epochs: int = 1
+
+
+@dataclass
+class Broadcast:
+    """What every client of a round downloads; built once per round, shared by reference."""
+
+    weights: Tensors
+    masks: Tensors = field(default_factory=dict)  # bool, by parameter name; absent = dense
+    arch: dict[str, Any] | None = None  # replayable structure record; None = the original model
+    payload_bytes: int = 0  # length of the real encoded download
+
+
+@dataclass
+class RoundPlan:
+    round: int
+    tasks: list[ClientTask]
+    broadcast: Broadcast
+
+
+@dataclass(frozen=True)
+class ClientData:
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass
+class ClientUpdate:
+    """A client's reply, already decoded from what it really uploaded."""
+
+    contribution: dict[str, WeightedSum]
+    upload_bytes: int
+    num_samples: int
+    examples_processed: int  # training examples run forward+backward (epochs x samples)
+    train_loss: float  # mean over the last epoch
+    metrics: dict[str, float] = field(default_factory=dict)  # summed across clients
+
+
+class FederatedAlgorithm(ABC):
+    """Server half (configure_round, aggregate) runs in the driver; client half
+    (client_update) runs wherever the backend puts it and must be pure."""
+
+    name: str = "abstract"
+
+    @abstractmethod
+    def init_state(self, weights: Tensors) -> ServerState: ...
+
+    def broadcast(self, state: ServerState) -> Broadcast:
+        """What clients download for `state`; algorithms with masks or a smaller
+        architecture extend it."""
+        return Broadcast(weights=state.weights)
+
+    @abstractmethod
+    def configure_round(self, state: ServerState, round_idx: int, clients: list[int]) -> RoundPlan: ...
+
+    @abstractmethod
+    def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate: ...
+
+    @abstractmethod
+    def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]: ...

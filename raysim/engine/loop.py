@@ -1,0 +1,115 @@
+"""The round loop: plan, run the clients, aggregate, evaluate, tell the callbacks."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from raysim.data.federated import FederatedDataset
+from raysim.devices import Population, round_time_s
+from raysim.engine.api import ClientTask, FederatedAlgorithm, ServerState
+from raysim.engine.backend import Backend
+from raysim.engine.runner import ModelFactory
+from raysim.engine.sampling import sample_clients
+from raysim.engine.seeds import rng_for
+from raysim.engine.stats import Partial
+from raysim.engine.training import evaluate
+
+
+class Callback:
+    """Side effects of a run (round log, checkpoints, progress, metrics); all hooks optional."""
+
+    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None: ...
+
+    def on_run_end(self, state: ServerState) -> None: ...
+
+
+def round_record(round_idx: int, sampled: int, partial: Partial, deadline_s: float | None) -> dict:
+    t = partial.tally
+    samples = t.get("train_samples")
+    dropped = int(t.get("train_dropped"))
+    return {
+        "round": round_idx + 1,
+        "clients_sampled": sampled,
+        "clients_done": int(t.get("train_done")),
+        "clients_dropped": dropped,
+        "clients_failed": int(t.get("train_failed")),
+        "train_loss": t.get("train_loss_sum") / samples if samples else math.nan,
+        "flops_executed": t.get("train_flops_executed"),
+        "flops_effective": t.get("train_flops_effective"),
+        "bytes_down": int(t.get("train_bytes_down")),
+        "bytes_up": int(t.get("train_bytes_up")),
+        "sim_time_s": round_time_s(t.maxes.get("train_sim_time_s", 0.0), dropped, deadline_s),
+    }
+
+
+class Evaluator:
+    """Global test set in the driver; clients' held-out data through the backend (a fixed
+    seeded subset of clients, so the curve compares like with like across rounds)."""
+
+    def __init__(self, dataset: FederatedDataset, model_factory: ModelFactory, algorithm: FederatedAlgorithm,
+                 backend: Backend, *, seed: int, clients: bool, max_clients: int, batch_size: int):
+        self.model_factory = model_factory
+        self.algorithm = algorithm
+        self.backend = backend
+        self.batch_size = batch_size
+        self.test_x = torch.from_numpy(dataset.test.x)
+        self.test_y = torch.from_numpy(dataset.test.y)
+        with_holdout = np.flatnonzero(dataset.holdout_counts > 0)
+        pick = rng_for(seed, "eval").permutation(with_holdout)[:max_clients] if clients else []
+        self.eval_clients = sorted(int(c) for c in pick)
+
+    def __call__(self, state: ServerState) -> dict:
+        broadcast = self.algorithm.broadcast(state)
+        model = self.model_factory(broadcast.arch)
+        model.load_state_dict(broadcast.weights)
+        loss_sum, correct, n = evaluate(model, self.test_x, self.test_y, self.batch_size)
+        out = {"accuracy": correct / n, "loss": loss_sum / n}
+        if self.eval_clients:
+            tasks = [ClientTask(state.round, c, 0, "evaluate") for c in self.eval_clients]
+            t = self.backend.run(tasks, broadcast).tally
+            examples = t.get("eval_examples")
+            out["client_accuracy"] = t.get("eval_correct") / examples if examples else math.nan
+            out["client_loss"] = t.get("eval_loss_sum") / examples if examples else math.nan
+        return out
+
+
+@dataclass
+class RoundLoop:
+    algorithm: FederatedAlgorithm
+    backend: Backend
+    population: Population
+    evaluator: Evaluator
+    callbacks: Sequence[Callback]
+    seed: int
+    rounds: int
+    cohort: int
+    eval_every: int
+    deadline_s: float | None
+    use_availability: bool
+
+    def run(self, state: ServerState) -> ServerState:
+        for r in range(state.round, self.rounds):
+            start = time.perf_counter()
+            if self.use_availability:
+                available = self.population.available(r, self.seed)
+            else:
+                available = np.ones(len(self.population), dtype=bool)
+            clients = sample_clients(self.seed, r, self.cohort, available)
+            plan = self.algorithm.configure_round(state, r, clients)
+            partial = self.backend.run(plan.tasks, plan.broadcast)
+            state, metrics = self.algorithm.aggregate(state, plan, partial)
+            record = round_record(r, len(clients), partial, self.deadline_s)
+            record["wall_time_s"] = time.perf_counter() - start
+            record.update(metrics)
+            if (r + 1) % self.eval_every == 0 or r + 1 == self.rounds:
+                record.update(self.evaluator(state))
+            for cb in self.callbacks:
+                cb.on_round_end(record, state, partial)
+        for cb in self.callbacks:
+            cb.on_run_end(state)
+        return state

@@ -1,0 +1,123 @@
+"""Runs a group of client tasks and sums them into one Partial.
+
+The same runner executes inside the in-process backend and inside every Ray
+worker, so accounting (FLOPs, bytes, simulated time), deadline drops and
+failure handling are identical whichever backend runs the clients.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from raysim.costs.flops import training_flop_profile
+from raysim.data.federated import FederatedDataset
+from raysim.devices import Population, client_time_s, misses_deadline
+from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
+from raysim.engine.stats import ClientFailure, Partial
+from raysim.engine.training import evaluate
+
+ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
+
+
+def layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Weight density per layer (module name), from masks keyed by parameter name."""
+    return {name.rpartition(".")[0]: float(mask.float().mean()) for name, mask in masks.items()}
+
+
+class ClientRunner:
+    def __init__(
+        self,
+        algorithm: FederatedAlgorithm,
+        dataset: FederatedDataset,
+        population: Population,
+        model_factory: ModelFactory,
+        deadline_s: float | None,
+        eval_batch_size: int = 1024,
+    ):
+        self.algorithm = algorithm
+        self.dataset = dataset
+        self.population = population
+        self.model_factory = model_factory
+        self.deadline_s = deadline_s
+        self.eval_batch_size = eval_batch_size
+        self._models: dict[str, nn.Module] = {}
+
+    def model_for(self, broadcast: Broadcast) -> nn.Module:
+        """The model for the broadcast's architecture (built once per architecture), loaded with its weights."""
+        key = json.dumps(broadcast.arch, sort_keys=True)
+        if key not in self._models:
+            self._models[key] = self.model_factory(broadcast.arch)
+        model = self._models[key]
+        model.load_state_dict(broadcast.weights)
+        return model
+
+    def _client_data(self, rows) -> ClientData:
+        train = self.dataset.train
+        return ClientData(torch.from_numpy(train.x[rows]), torch.from_numpy(train.y[rows]))
+
+    def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
+        partial = Partial()
+        densities = layer_densities(broadcast.masks)
+        for task in tasks:
+            try:
+                if task.kind == "evaluate":
+                    self._evaluate(task, broadcast, partial)
+                else:
+                    self._train(task, broadcast, densities, partial)
+            except Exception as exc:  # a failing client is data, not the end of the run
+                partial.failures.append(ClientFailure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}"))
+                partial.tally.add(**{f"{task.kind}_failed": 1})
+        return partial
+
+    def _evaluate(self, task: ClientTask, broadcast: Broadcast, partial: Partial) -> None:
+        data = self._client_data(self.dataset.client_holdout_rows(task.client))
+        if len(data) == 0:
+            return
+        loss_sum, correct, n = evaluate(self.model_for(broadcast), data.x, data.y, self.eval_batch_size)
+        partial.tally.add(eval_loss_sum=loss_sum, eval_correct=correct, eval_examples=n, eval_clients=1)
+
+    def _train(self, task: ClientTask, broadcast: Broadcast, densities: dict[str, float], partial: Partial) -> None:
+        data = self._client_data(self.dataset.client_train_rows(task.client))
+        if len(data) == 0:
+            raise ValueError(f"client {task.client} has no training data")
+        model = self.model_for(broadcast)
+        # Measured on the architecture this client really runs (cached per architecture).
+        flops = training_flop_profile(model, data.x[:2])
+        torch.manual_seed(task.seed)
+        update = self.algorithm.client_update(model, data, task, broadcast)
+        if not math.isfinite(update.train_loss) or not all(s.is_finite() for s in update.contribution.values()):
+            raise FloatingPointError(f"client {task.client} returned a non-finite update (loss {update.train_loss})")
+
+        executed = flops.total * update.examples_processed
+        effective = flops.effective(densities) * update.examples_processed
+        clock = client_time_s(self.population.profile(task.client), executed, broadcast.payload_bytes, update.upload_bytes)
+        kind = task.kind
+        # Resources spent count whether or not the server waits for the client.
+        partial.tally.add(
+            **{
+                f"{kind}_flops_executed": executed,
+                f"{kind}_flops_effective": effective,
+                f"{kind}_bytes_down": broadcast.payload_bytes,
+                f"{kind}_bytes_up": update.upload_bytes,
+                f"{kind}_examples": update.examples_processed,
+            }
+        )
+        if misses_deadline(clock.total_s, self.deadline_s):
+            partial.tally.add(**{f"{kind}_dropped": 1})
+            return
+        for key, value in update.contribution.items():
+            partial.stats[key] = partial.stats[key] + value if key in partial.stats else value
+        partial.tally.add(
+            **{
+                f"{kind}_done": 1,
+                f"{kind}_samples": update.num_samples,
+                f"{kind}_loss_sum": update.train_loss * update.num_samples,
+            },
+            **update.metrics,
+        )
+        partial.tally.max(**{f"{kind}_sim_time_s": clock.total_s})

@@ -1,0 +1,95 @@
+"""Mergeable statistics: everything a client contributes is a sum.
+
+Workers pre-sum their own clients and a reduction tree merges partials with
+`+` without knowing what they hold. Tensors accumulate in float64 so that
+different groupings of the same sum agree far below float32 resolution.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass
+class WeightedSum:
+    """sum_k w_k * x_k (per named tensor) together with sum_k w_k."""
+
+    total: Tensors
+    weight: float
+
+    @classmethod
+    def of(cls, tensors: Tensors, weight: float) -> "WeightedSum":
+        return cls({k: v.detach().to(torch.float64) * weight for k, v in tensors.items()}, float(weight))
+
+    def __add__(self, other: "WeightedSum") -> "WeightedSum":
+        if self.total.keys() != other.total.keys():
+            raise ValueError(f"cannot merge sums over different tensors: {sorted(self.total)} vs {sorted(other.total)}")
+        return WeightedSum({k: v + other.total[k] for k, v in self.total.items()}, self.weight + other.weight)
+
+    def mean(self, dtype: torch.dtype = torch.float32) -> Tensors:
+        if self.weight <= 0:
+            raise ValueError("mean of an empty weighted sum")
+        return {k: (v / self.weight).to(dtype) for k, v in self.total.items()}
+
+    def is_finite(self) -> bool:
+        return math.isfinite(self.weight) and all(bool(torch.isfinite(v).all()) for v in self.total.values())
+
+
+@dataclass
+class Tally:
+    """Scalar counters that merge by sum, and gauges that merge by max."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    maxes: dict[str, float] = field(default_factory=dict)
+
+    def add(self, **values: float) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def max(self, **values: float) -> None:
+        for k, v in values.items():
+            self.maxes[k] = max(self.maxes.get(k, float("-inf")), float(v))
+
+    def __add__(self, other: "Tally") -> "Tally":
+        out = Tally(dict(self.sums), dict(self.maxes))
+        out.add(**other.sums)
+        out.max(**other.maxes)
+        return out
+
+    def get(self, key: str, default: float = 0.0) -> float:
+        return self.sums.get(key, self.maxes.get(key, default))
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    round: int
+    client: int
+    kind: str
+    reason: str
+
+
+@dataclass
+class Partial:
+    """What a group of clients adds up to: named weighted sums, counters, failures."""
+
+    stats: dict[str, WeightedSum] = field(default_factory=dict)
+    tally: Tally = field(default_factory=Tally)
+    failures: list[ClientFailure] = field(default_factory=list)
+
+    def __add__(self, other: "Partial") -> "Partial":
+        stats = dict(self.stats)
+        for k, v in other.stats.items():
+            stats[k] = stats[k] + v if k in stats else v
+        return Partial(stats, self.tally + other.tally, self.failures + other.failures)
+
+
+def merge_all(partials: list[Partial]) -> Partial:
+    """Left fold in the given order: the order is part of bit-exact reproducibility."""
+    out = Partial()
+    for p in partials:
+        out = out + p
+    return out

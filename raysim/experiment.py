@@ -1,0 +1,102 @@
+"""Assembles a run from its config: data, population, model, algorithm, backend, callbacks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from raysim.algorithms import build_algorithm
+from raysim.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from raysim.data.loading import load_federated_dataset
+from raysim.devices import Population
+from raysim.engine.api import ServerState
+from raysim.engine.backend import Backend, InProcessBackend
+from raysim.engine.loop import Callback, Evaluator, RoundLoop
+from raysim.engine.runner import ClientRunner, ModelFactory
+from raysim.engine.sampling import cohort_size
+from raysim.engine.seeds import derive_seed
+from raysim.engine.stats import Partial
+from raysim.models import build_model
+from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
+from raysim.results.progress import ProgressBar
+from raysim.results.round_log import RoundLog, read_rounds
+from raysim.results.run_dir import create_run_dir, write_atomic
+from raysim.results.summary import summarize, write_summary
+
+CONFIG_FILE = "config.yaml"
+
+
+def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFactory:
+    def build(arch):
+        if arch is not None:
+            raise ValueError(f"algorithm {cfg.algorithm.name!r} does not use architecture records")
+        # The same initial weights for every method compared under one seed.
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        return build_model(cfg.model, input_shape, num_classes)
+
+    return build
+
+
+class FailureLog(Callback):
+    """failures.jsonl: every failed client with its reason, one line each."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "failures.jsonl"
+
+    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
+        if partial.failures:
+            with self.path.open("a") as f:
+                for fail in partial.failures:
+                    f.write(json.dumps(fail.__dict__) + "\n")
+
+
+def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None) -> dict:
+    """Run (or continue) the experiment in `run_dir` and return its summary."""
+    dataset = load_federated_dataset(cfg.data, cfg.seed)
+    population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
+    algorithm = build_algorithm(cfg)
+    factory = model_factory(cfg, dataset.input_shape, dataset.num_classes)
+    runner = ClientRunner(algorithm, dataset, population, factory, cfg.devices.deadline_s, cfg.eval.batch_size)
+    backend: Backend = InProcessBackend(runner)
+
+    rows: list[dict] = []
+    state = algorithm.init_state(factory(None).state_dict())
+    if resume:
+        stem = latest_checkpoint(run_dir)
+        if stem is None:
+            raise ConfigError(f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} to resume from")
+        state = load_checkpoint(stem)
+        rows = [r for r in read_rounds(run_dir) if r["round"] <= state.round]
+
+    show = cfg.output.progress if progress is None else progress
+    callbacks: list[Callback] = [RoundLog(run_dir, rows), FailureLog(run_dir),
+                                 Checkpointer(run_dir, cfg.output.checkpoint_every, cfg.rounds)]
+    round_log = callbacks[0]
+    if show:
+        callbacks.append(ProgressBar(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]"))
+    evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
+                          max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
+    loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
+                     cohort=cohort_size(cfg.clients.per_round, dataset.num_clients), eval_every=cfg.eval.every,
+                     deadline_s=cfg.devices.deadline_s, use_availability=cfg.devices.use_availability)
+    try:
+        loop.run(state)
+    finally:
+        backend.close()
+    summary = summarize(round_log.rows, run_dir, algorithm.name)
+    write_summary(summary, run_dir)
+    return summary
+
+
+def new_run(cfg: ExperimentConfig, out: Path | None = None) -> Path:
+    run_dir = create_run_dir(out or cfg.output.dir, cfg.name)
+    write_atomic(run_dir / CONFIG_FILE, config_to_yaml(cfg).encode())
+    return run_dir
+
+
+def resumed_config(run_dir: Path) -> ExperimentConfig:
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: not a run folder (no {CONFIG_FILE})")
+    return load_config(path)

@@ -1,0 +1,43 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from raysim.config import config_from_dict
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+@pytest.fixture
+def small_config(tmp_path):
+    """A seconds-long synthetic experiment; pass nested dicts to change fields."""
+
+    def make(**extra):
+        base = {
+            "name": "t", "seed": 3, "rounds": 3,
+            "data": {"dataset": "synthetic", "num_clients": 12, "partition": {"scheme": "natural"}},
+            "model": {"name": "logreg"},
+            "clients": {"per_round": 4, "local_epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.05}},
+            "eval": {"every": 1, "max_clients": 5},
+            "output": {"dir": str(tmp_path / "runs"), "progress": False},
+        }
+        return config_from_dict(_merge(base, extra))
+
+    return make
+
+
+@pytest.fixture
+def fashion_mnist_dir() -> Path:
+    """The real dataset; only a developer machine without the package may skip, never CI."""
+    if not FMNIST.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"{FMNIST} missing in CI: .ci/run must apt-get install dataset-fashion-mnist")
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FMNIST

@@ -1,0 +1,69 @@
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from raysim.engine.seeds import derive_seed
+from raysim.engine.stats import ClientFailure, Partial, Tally, WeightedSum, merge_all
+
+
+def _sums(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [WeightedSum.of({"w": torch.randn(5, 3, generator=g), "b": torch.randn(3, generator=g)}, float(k + 1)) for k in range(n)]
+
+
+def test_weighted_sum_is_the_weighted_mean():
+    sums = _sums()
+    merged = sums[0]
+    for s in sums[1:]:
+        merged = merged + s
+    xs = [s.total["w"] / s.weight for s in sums]
+    expect = sum(x * s.weight for x, s in zip(xs, sums)) / sum(s.weight for s in sums)
+    assert torch.allclose(merged.mean()["w"], expect.float(), atol=1e-6)
+    assert merged.weight == sum(range(1, 7))
+
+
+def test_grouping_does_not_change_the_float32_result():
+    sums = _sums(8)
+    flat = merge_all([Partial({"d": s}) for s in sums]).stats["d"].mean()
+    for perm in itertools.islice(itertools.permutations(range(8)), 0, 40320, 997):
+        pairs = [sums[perm[i]] + sums[perm[i + 1]] for i in range(0, 8, 2)]
+        tree = (pairs[0] + pairs[1]) + (pairs[2] + pairs[3])
+        assert all(torch.equal(tree.mean()[k], flat[k]) for k in flat)
+
+
+def test_mismatched_sums_and_empty_mean_are_errors():
+    with pytest.raises(ValueError, match="different tensors"):
+        WeightedSum.of({"a": torch.ones(1)}, 1) + WeightedSum.of({"b": torch.ones(1)}, 1)
+    with pytest.raises(ValueError, match="empty"):
+        WeightedSum({"a": torch.zeros(1)}, 0.0).mean()
+
+
+def test_non_finite_detected():
+    assert not WeightedSum.of({"a": torch.tensor([float("nan")])}, 1).is_finite()
+    assert not WeightedSum.of({"a": torch.tensor([float("inf")])}, 1).is_finite()
+    assert WeightedSum.of({"a": torch.tensor([1.0])}, 1).is_finite()
+
+
+def test_partial_merge_sums_counters_maxes_and_keeps_failures():
+    a, b = Partial(), Partial()
+    a.tally.add(done=2, flops=10)
+    a.tally.max(t=3.0)
+    b.tally.add(done=1)
+    b.tally.max(t=5.0)
+    b.failures.append(ClientFailure(0, 7, "train", "boom"))
+    b.stats["d"] = WeightedSum.of({"x": torch.ones(2)}, 2)
+    m = a + b
+    assert m.tally.sums == {"done": 3, "flops": 10} and m.tally.maxes == {"t": 5.0}
+    assert [f.client for f in m.failures] == [7] and m.stats["d"].weight == 2
+    assert isinstance(m.tally + Tally(), Tally)
+
+
+def test_seeds_are_deterministic_and_distinct():
+    assert derive_seed(1, "client", 3, 4) == derive_seed(1, "client", 3, 4)
+    seen = {derive_seed(s, p, r, c) for s in (0, 1) for p in ("client", "sample") for r in range(5) for c in range(5)}
+    assert len(seen) == 100
+    with pytest.raises(ValueError, match="purpose"):
+        derive_seed(0, "nope")
+    assert 0 <= derive_seed(2**40, "init") < 2**63 and isinstance(np.random.default_rng(derive_seed(0, "init")), np.random.Generator)
