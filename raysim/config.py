@@ -165,12 +165,13 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 def _format_error(exc: ValidationError, model: type[BaseModel]) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        loc = ".".join(str(p) for p in err["loc"]) or "(config)"
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_fields(model, err["loc"][:-1])
-            msg = f"unknown field; allowed fields: {', '.join(allowed)}"
-        lines.append(f"  {loc}: {msg} (got {err.get('input')!r})" if err["type"] != "extra_forbidden" else f"  {loc}: {msg}")
+            msg = f"unknown field; allowed fields: {', '.join(_allowed_fields(model, err['loc'][:-1]))}"
+        elif err["type"] != "value_error":  # cross-field rules already name what they got
+            msg += f" (got {err.get('input')!r})"
+        lines.append(f"  {loc}: {msg}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 

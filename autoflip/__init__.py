@@ -1,0 +1,1 @@
+"""AutoFLIP: guidance from federated loss exploration and the hybrid pruning masks it drives."""

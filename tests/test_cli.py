@@ -1,0 +1,51 @@
+"""The CLI as a user runs it."""
+import json
+
+import pyarrow.parquet as pq
+
+from raysim.cli import main
+
+
+def _only_run(parent):
+    (run,) = list(parent.iterdir())
+    return run
+
+
+def test_run_with_overrides_writes_a_run_folder(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["run", "--set", "rounds=2", "--set", "data.num_clients=10", "--set", "clients.per_round=3",
+               "--out", str(out), "--no-progress"])
+    assert rc == 0
+    run = _only_run(out)
+    assert "rounds: 2" in (run / "config.yaml").read_text()
+    assert len(pq.read_table(run / "rounds.parquet")) == 2
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 2
+    assert "final accuracy" in capsys.readouterr().out
+
+
+def test_bad_field_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "runs"
+    rc = main(["run", "--set", "clients.optimiser.lr=1", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "clients.optimiser" in err and "optimizer" in err
+    assert not out.exists()
+
+
+def test_missing_dataset_names_path_and_how_to_get_it(tmp_path, capsys):
+    rc = main(["run", "--set", "data.dataset=mnist", "--set", "data.partition.scheme=iid", "--set", f"data.path={tmp_path / 'nowhere'}",
+               "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(tmp_path / "nowhere") in err and "IDX" in err
+
+
+def test_resume_a_finished_run_and_refuse_mixed_flags(tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "--set", "rounds=2", "--set", "data.num_clients=8", "--set", "clients.per_round=2",
+                 "--out", str(out), "--no-progress"]) == 0
+    run = _only_run(out)
+    before = pq.read_table(run / "rounds.parquet").to_pylist()
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 0
+    assert pq.read_table(run / "rounds.parquet").to_pylist() == before  # nothing left to do, nothing rewritten
+    assert main(["run", "--resume", str(run), "--set", "rounds=3"]) == 2
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    assert "not a run folder" in capsys.readouterr().err
