@@ -95,8 +95,29 @@ class ClientConfig(_Section):
         return self
 
 
+ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structured", "autoflip_static", "random", "magnitude")
+
+
+class PruningConfig(_Section):
+    """AutoFLIP and the pruning baselines (see ../shared/docs/method.md); ignored by fedavg."""
+
+    sparsity: float = Field(0.5, ge=0, lt=1, description="unstructured target: share of prunable weights zeroed (after structured removal)")
+    structured_fraction: float = Field(0.3, ge=0, lt=1, description="q_s: share of units removed per prunable layer")
+    allocation: Literal["global", "layer"] = "global"
+    threshold: Literal["kthvalue", "sort"] = "kthvalue"
+    ramp_rounds: int = Field(5, ge=0, description="sparsity ramps linearly from 0 to the target over these rounds; at a constant sparsity the adaptive mask cannot change (pruned coordinates get no update signal), so the ramp is where adaptation acts")
+    normalise: Literal["minmax", "robust"] = "minmax"
+    alpha: float = Field(0.5, ge=0, le=1, description="running guidance: G_t = alpha G_(t-1) + (1 - alpha) fresh")
+    regrowth: Literal["allow", "freeze"] = "allow"
+    explore_fraction: float = Field(1.0, gt=0, le=1)
+    explore_epochs: int = Field(5, ge=1)
+    explore_patience: int = Field(1, ge=1, description="stop exploring after this many epochs without a lower epoch-mean loss")
+    layer_sparsity: dict[str, float] | None = Field(None, description="random baseline: per-layer sparsity (default: `sparsity` everywhere)")
+
+
 class AlgorithmConfig(_Section):
-    name: Literal["fedavg"] = "fedavg"
+    name: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
+    pruning: PruningConfig = PruningConfig()
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1, description="server momentum, applied identically to every method")
 

@@ -27,13 +27,20 @@ from raysim.results.summary import summarize, write_summary
 CONFIG_FILE = "config.yaml"
 
 
-def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int) -> ModelFactory:
+def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int,
+                  example_input: torch.Tensor) -> ModelFactory:
+    """Builds the model for an architecture record: the original model, or the
+    original with a structured-pruning record replayed on it."""
+
     def build(arch):
-        if arch is not None:
-            raise ValueError(f"algorithm {cfg.algorithm.name!r} does not use architecture records")
         # The same initial weights for every method compared under one seed.
         torch.manual_seed(derive_seed(cfg.seed, "init"))
-        return build_model(cfg.model, input_shape, num_classes)
+        model = build_model(cfg.model, input_shape, num_classes)
+        if arch is not None:
+            from autoflip.structured import replay
+
+            replay(model, arch, example_input)
+        return model
 
     return build
 
@@ -55,8 +62,9 @@ def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress
     """Run (or continue) the experiment in `run_dir` and return its summary."""
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    algorithm = build_algorithm(cfg)
-    factory = model_factory(cfg, dataset.input_shape, dataset.num_classes)
+    example = torch.from_numpy(dataset.train.x[:1])
+    factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
+    algorithm = build_algorithm(cfg, factory, example)
     runner = ClientRunner(algorithm, dataset, population, factory, cfg.devices.deadline_s, cfg.eval.batch_size)
     backend: Backend = InProcessBackend(runner)
 

@@ -1,3 +1,4 @@
+import json
 import os
 from pathlib import Path
 
@@ -41,3 +42,13 @@ def fashion_mnist_dir() -> Path:
             pytest.fail(f"{FMNIST} missing in CI: .ci/run must apt-get install dataset-fashion-mnist")
         pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
     return FMNIST
+
+
+def write_leaf(folder: Path, split: str, name: str, users: dict[str, tuple[list, list]]):
+    (folder / split).mkdir(parents=True, exist_ok=True)
+    tree = {
+        "users": list(users),
+        "num_samples": [len(y) for _, y in users.values()],
+        "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()},
+    }
+    (folder / split / name).write_text(json.dumps(tree))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_leaf
 
 from raysim.config import DataConfig, SyntheticConfig
 from raysim.data.cifar import load_cifar
@@ -327,16 +328,6 @@ def test_missing_cifar_batch(tmp_path):
 
 
 # ---------------------------------------------------------------- LEAF
-
-
-def write_leaf(folder: Path, split: str, name: str, users: dict[str, tuple[list, list]]):
-    (folder / split).mkdir(parents=True, exist_ok=True)
-    tree = {
-        "users": list(users),
-        "num_samples": [len(y) for _, y in users.values()],
-        "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()},
-    }
-    (folder / split / name).write_text(json.dumps(tree))
 
 
 def femnist_rows(rng, n):

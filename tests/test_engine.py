@@ -88,10 +88,11 @@ def test_fedavg_dense_costs_match_analytic_counts(small_config):
     d, c = ds.input_shape[0], ds.num_classes
     n_params = d * c + c
     algo = FedAvg(cfg)
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     state = algo.init_state(factory(None).state_dict())
     plan = algo.configure_round(state, 0, [0, 1, 2])
-    assert _safetensors_data_bytes(algo.encode(plan.broadcast.weights)) == 4 * n_params
+    assert _safetensors_data_bytes(algo.encode(plan.broadcast.weights, {}, include_mask=True)) == 4 * n_params
+    assert plan.broadcast.payload_bytes == len(algo.encode(plan.broadcast.weights, {}, include_mask=True))
     runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
     partial = runner.run(plan.tasks, plan.broadcast)
     t = partial.tally
@@ -108,7 +109,7 @@ def test_failing_and_non_finite_clients_are_excluded_and_counted(small_config, m
     cfg = small_config(rounds=1)
     ds = load_federated_dataset(cfg.data, cfg.seed)
     algo = FedAvg(cfg)
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     state = algo.init_state(factory(None).state_dict())
     runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
     plan = algo.configure_round(state, 0, [0, 1, 2, 3])
@@ -139,7 +140,8 @@ def test_deadline_drops_stragglers_and_round_lasts_the_deadline(small_config):
     run_dir, summary, state, rows = _run(cfg)
     assert all(r["clients_dropped"] == r["clients_sampled"] and r["clients_done"] == 0 for r in rows)
     assert all(r["sim_time_s"] == 1e-6 for r in rows)
-    init = model_factory(cfg, *(lambda d: (d.input_shape, d.num_classes))(load_federated_dataset(cfg.data, cfg.seed)))(None)
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    init = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))(None)
     assert all(torch.equal(v, state.weights[k]) for k, v in init.state_dict().items())  # nothing aggregated
 
 
@@ -147,7 +149,7 @@ def test_sim_time_is_the_slowest_client_without_deadline(small_config):
     cfg = small_config(rounds=1, devices={"mix": {"phone_low": 0.5, "laptop": 0.5}})
     ds = load_federated_dataset(cfg.data, cfg.seed)
     algo = FedAvg(cfg)
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
     runner = ClientRunner(algo, ds, pop, factory, None)
     state = algo.init_state(factory(None).state_dict())

@@ -1,12 +1,23 @@
 """Federated algorithms, selected by name in the config."""
 from __future__ import annotations
 
+import torch
+
 from raysim.config import ExperimentConfig
 from raysim.engine.api import FederatedAlgorithm
+from raysim.engine.runner import ModelFactory
 
 
-def build_algorithm(cfg: ExperimentConfig) -> FederatedAlgorithm:
+def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor) -> FederatedAlgorithm:
     from raysim.algorithms.fedavg import FedAvg
 
-    registry = {"fedavg": FedAvg}
-    return registry[cfg.algorithm.name](cfg)
+    name = cfg.algorithm.name
+    if name == "fedavg":
+        return FedAvg(cfg)
+    # Imported lazily: the pruning methods live in the autoflip package.
+    from autoflip.algorithm import VARIANTS, AutoFLIP
+    from autoflip.baselines import MagnitudePruning, RandomPruning
+
+    if name in VARIANTS:
+        return AutoFLIP(cfg, model_factory, example_input)
+    return {"random": RandomPruning, "magnitude": MagnitudePruning}[name](cfg, model_factory, example_input)

@@ -1,19 +1,48 @@
-"""FedAvg (McMahan et al. 2017): sample-weighted mean of dense client deltas."""
+"""FedAvg (McMahan et al. 2017): sample-weighted mean of client deltas.
+
+Masks are handled here, once, for every method that uses them: the download
+carries the kept weights plus the mask, clients train under the mask and
+upload only kept entries, the server averages over kept entries and
+re-enforces the mask. Pruning methods only decide which mask (and which
+architecture) the next round uses.
+"""
 from __future__ import annotations
 
+import json
+
+import torch
 from torch import nn
 
-from raysim.algorithms.server_update import apply_server_update, is_trainable_state
+from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
 from raysim.config import ExperimentConfig
-from raysim.costs.payload import decode, encode_dense
+from raysim.costs.payload import decode, encode_masked
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, FederatedAlgorithm, RoundPlan, ServerState
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors, WeightedSum
 from raysim.engine.training import local_train
 
+MASK_PREFIX = "mask/"
+
+
+def state_masks(state: ServerState) -> Tensors:
+    return {k.removeprefix(MASK_PREFIX): v for k, v in state.buffers.items() if k.startswith(MASK_PREFIX)}
+
+
+def with_masks(state: ServerState, masks: Tensors) -> ServerState:
+    """The state with `masks` installed and enforced on the weights and the server momentum."""
+    buffers = {k: v for k, v in state.buffers.items() if not k.startswith(MASK_PREFIX)}
+    buffers |= {MASK_PREFIX + k: m for k, m in masks.items()}
+    weights = dict(state.weights)
+    for name, mask in masks.items():
+        weights[name] = weights[name] * mask
+        if MOMENTUM_PREFIX + name in buffers:
+            buffers[MOMENTUM_PREFIX + name] = buffers[MOMENTUM_PREFIX + name] * mask
+    return ServerState(state.round, weights, buffers, state.meta)
+
 
 class FedAvg(FederatedAlgorithm):
     name = "fedavg"
+    collects_deviations = False  # AutoFLIP's adaptive guidance needs clients' squared deviations
 
     def __init__(self, cfg: ExperimentConfig):
         self.cfg = cfg
@@ -21,12 +50,22 @@ class FedAvg(FederatedAlgorithm):
     def init_state(self, weights: Tensors) -> ServerState:
         return ServerState(round=0, weights={k: v.clone() for k, v in weights.items()})
 
-    def encode(self, tensors: Tensors) -> bytes:
-        return encode_dense(tensors, self.cfg.payload.compression, self.cfg.payload.zstd_level)
+    def broadcast(self, state: ServerState) -> Broadcast:
+        return Broadcast(weights=state.weights, masks=state_masks(state), arch=state.meta.get("arch"))
+
+    def encode(self, tensors: Tensors, masks: Tensors, include_mask: bool) -> bytes:
+        p = self.cfg.payload
+        return encode_masked(tensors, masks, p.compression, p.zstd_level, include_mask=include_mask)
+
+    def download_bytes(self, broadcast: Broadcast) -> int:
+        """Clients are stateless: each download carries the mask and, for a pruned
+        architecture, its replay record."""
+        arch = len(json.dumps(broadcast.arch).encode()) if broadcast.arch is not None else 0
+        return len(self.encode(broadcast.weights, broadcast.masks, include_mask=True)) + arch
 
     def configure_round(self, state: ServerState, round_idx: int, clients: list[int]) -> RoundPlan:
         broadcast = self.broadcast(state)
-        broadcast.payload_bytes = len(self.encode(broadcast.weights))
+        broadcast.payload_bytes = self.download_bytes(broadcast)
         c = self.cfg.clients
         lr = c.optimizer.lr * c.lr_decay**round_idx
         tasks = [
@@ -41,24 +80,26 @@ class FedAvg(FederatedAlgorithm):
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
             seed=task.seed, masks=broadcast.masks,
         )
-        state = model.state_dict()
-        delta = {k: state[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        payload = self.encode(delta)
-        # Aggregate what went over the wire, not the in-memory tensors.
-        received = decode(payload)
-        return ClientUpdate(
-            contribution={"delta": WeightedSum.of(received, len(data))},
-            upload_bytes=len(payload),
-            num_samples=len(data),
-            examples_processed=result.examples_processed,
-            train_loss=result.epoch_losses[-1],
-        )
+        trained = model.state_dict()
+        delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
+        # The server knows the mask it sent: only kept values go up.
+        payload = self.encode(delta, broadcast.masks, include_mask=False)
+        received = decode(payload, broadcast.masks)  # aggregate what went over the wire
+        contribution = {"delta": WeightedSum.of(received, len(data))}
+        if self.collects_deviations:
+            contribution["sq_dev"] = WeightedSum.of({k: v * v for k, v in received.items()}, len(data))
+        return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
 
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
-        if "delta" not in partial.stats:  # every client failed or was dropped: keep the model
-            return ServerState(state.round + 1, state.weights, state.buffers, state.meta), {}
-        a = self.cfg.algorithm
-        weights, buffers = apply_server_update(
-            state.weights, state.buffers, partial.stats["delta"].mean(), a.server_lr, a.server_momentum
-        )
-        return ServerState(state.round + 1, weights, buffers, state.meta), {}
+        if "delta" in partial.stats:  # else every client failed or was dropped: keep the model
+            a = self.cfg.algorithm
+            weights, buffers = apply_server_update(
+                state.weights, state.buffers, partial.stats["delta"].mean(), a.server_lr, a.server_momentum
+            )
+            state = ServerState(state.round, weights, buffers, state.meta)
+        state = ServerState(state.round + 1, state.weights, state.buffers, state.meta)
+        return self.next_masks(state, partial)
+
+    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+        """Pruning methods choose the mask for the next round here; FedAvg stays dense."""
+        return state, {}

@@ -87,6 +87,13 @@ class FederatedAlgorithm(ABC):
         architecture extend it."""
         return Broadcast(weights=state.weights)
 
+    def setup_plan(self, state: ServerState, population: int) -> RoundPlan | None:
+        """Tasks to run once before round 1 (None: no set-up phase, or already done)."""
+        return None
+
+    def finish_setup(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+        raise NotImplementedError(f"{type(self).__name__} planned a set-up phase but cannot finish it")
+
     @abstractmethod
     def configure_round(self, state: ServerState, round_idx: int, clients: list[int]) -> RoundPlan: ...
 

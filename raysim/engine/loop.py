@@ -28,22 +28,25 @@ class Callback:
     def on_run_end(self, state: ServerState) -> None: ...
 
 
-def round_record(round_idx: int, sampled: int, partial: Partial, deadline_s: float | None) -> dict:
+def round_record(round_no: int, phase: str, sampled: int, partial: Partial, deadline_s: float | None) -> dict:
+    """One row of rounds.parquet from a merged Partial. `phase` is the task kind
+    ("train", or "explore" for an algorithm's set-up phase, logged as round 0)."""
     t = partial.tally
-    samples = t.get("train_samples")
-    dropped = int(t.get("train_dropped"))
+    samples = t.get(f"{phase}_samples")
+    dropped = int(t.get(f"{phase}_dropped"))
     return {
-        "round": round_idx + 1,
+        "round": round_no,
+        "phase": phase,
         "clients_sampled": sampled,
-        "clients_done": int(t.get("train_done")),
+        "clients_done": int(t.get(f"{phase}_done")),
         "clients_dropped": dropped,
-        "clients_failed": int(t.get("train_failed")),
-        "train_loss": t.get("train_loss_sum") / samples if samples else math.nan,
-        "flops_executed": t.get("train_flops_executed"),
-        "flops_effective": t.get("train_flops_effective"),
-        "bytes_down": int(t.get("train_bytes_down")),
-        "bytes_up": int(t.get("train_bytes_up")),
-        "sim_time_s": round_time_s(t.maxes.get("train_sim_time_s", 0.0), dropped, deadline_s),
+        "clients_failed": int(t.get(f"{phase}_failed")),
+        "train_loss": t.get(f"{phase}_loss_sum") / samples if samples else math.nan,
+        "flops_executed": t.get(f"{phase}_flops_executed"),
+        "flops_effective": t.get(f"{phase}_flops_effective"),
+        "bytes_down": int(t.get(f"{phase}_bytes_down")),
+        "bytes_up": int(t.get(f"{phase}_bytes_up")),
+        "sim_time_s": round_time_s(t.maxes.get(f"{phase}_sim_time_s", 0.0), dropped, deadline_s),
     }
 
 
@@ -92,7 +95,27 @@ class RoundLoop:
     deadline_s: float | None
     use_availability: bool
 
+    def _notify(self, record: dict, state: ServerState, partial: Partial) -> None:
+        for cb in self.callbacks:
+            cb.on_round_end(record, state, partial)
+
+    def _setup(self, state: ServerState) -> ServerState:
+        """An algorithm's one-off phase before round 1 (AutoFLIP's exploration), logged as round 0."""
+        start = time.perf_counter()
+        plan = self.algorithm.setup_plan(state, len(self.population))
+        if plan is None:
+            return state
+        partial = self.backend.run(plan.tasks, plan.broadcast)
+        state, metrics = self.algorithm.finish_setup(state, plan, partial)
+        record = round_record(0, "explore", len(plan.tasks), partial, None)
+        record["wall_time_s"] = time.perf_counter() - start
+        record.update(metrics)
+        record.update(self.evaluator(state))
+        self._notify(record, state, partial)
+        return state
+
     def run(self, state: ServerState) -> ServerState:
+        state = self._setup(state)
         for r in range(state.round, self.rounds):
             start = time.perf_counter()
             if self.use_availability:
@@ -103,13 +126,12 @@ class RoundLoop:
             plan = self.algorithm.configure_round(state, r, clients)
             partial = self.backend.run(plan.tasks, plan.broadcast)
             state, metrics = self.algorithm.aggregate(state, plan, partial)
-            record = round_record(r, len(clients), partial, self.deadline_s)
+            record = round_record(r + 1, "train", len(clients), partial, self.deadline_s)
             record["wall_time_s"] = time.perf_counter() - start
             record.update(metrics)
             if (r + 1) % self.eval_every == 0 or r + 1 == self.rounds:
                 record.update(self.evaluator(state))
-            for cb in self.callbacks:
-                cb.on_round_end(record, state, partial)
+            self._notify(record, state, partial)
         for cb in self.callbacks:
             cb.on_run_end(state)
         return state

@@ -107,7 +107,7 @@ class ClientRunner:
                 f"{kind}_examples": update.examples_processed,
             }
         )
-        if misses_deadline(clock.total_s, self.deadline_s):
+        if kind == "train" and misses_deadline(clock.total_s, self.deadline_s):  # exploration has no deadline
             partial.tally.add(**{f"{kind}_dropped": 1})
             return
         for key, value in update.contribution.items():

@@ -1,0 +1,135 @@
+"""AutoFLIP: federated loss exploration, then hybrid structured + unstructured
+pruning with a mask that adapts every round (../shared/docs/method.md).
+
+Choices the method text leaves open, made explicit:
+- Structured removal happens once, from the exploration guidance; later rounds
+  adapt the unstructured mask only (structured removal is monotone).
+- The running guidance covers the prunable weights; each round's fresh guidance
+  is normalised over the coordinates that survived the round (pruned ones score 0).
+- Regrown coordinates restart at 0 (they were 0 while pruned).
+- The exploration starts from the same initial weights every method gets, and
+  its cost is logged as round 0 so reports can show it or leave it out.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from autoflip.guidance import guidance_from_sum, normalise, update_running
+from autoflip.masks import sparsity_schedule, unstructured_mask
+from autoflip.pruned import PrunedFedAvg
+from autoflip.structured import prune_units, select_removals, slice_state, unit_scores
+from raysim.algorithms.fedavg import state_masks, with_masks
+from raysim.algorithms.server_update import is_trainable_state
+from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
+from raysim.engine.seeds import derive_seed, rng_for
+from raysim.engine.stats import Partial, Tensors, WeightedSum
+from raysim.engine.training import local_train
+from raysim.costs.payload import decode
+
+GUIDANCE_PREFIX = "guidance/"
+
+VARIANTS = {  # name -> (structured, unstructured, adaptive)
+    "autoflip": (True, True, True),
+    "autoflip_unstructured": (False, True, True),
+    "autoflip_structured": (True, False, False),
+    "autoflip_static": (True, True, False),
+}
+
+
+def _guidance(state: ServerState) -> Tensors:
+    return {k.removeprefix(GUIDANCE_PREFIX): v for k, v in state.buffers.items() if k.startswith(GUIDANCE_PREFIX)}
+
+
+def _with_guidance(state: ServerState, guidance: Tensors) -> ServerState:
+    buffers = {k: v for k, v in state.buffers.items() if not k.startswith(GUIDANCE_PREFIX)}
+    buffers |= {GUIDANCE_PREFIX + k: v for k, v in guidance.items()}
+    return ServerState(state.round, state.weights, buffers, state.meta)
+
+
+class AutoFLIP(PrunedFedAvg):
+    collects_deviations = True
+
+    def __init__(self, cfg, model_factory, example_input):
+        super().__init__(cfg, model_factory, example_input)
+        self.name = cfg.algorithm.name
+        self.structured, self.unstructured, self.adaptive = VARIANTS[self.name]
+
+    # -- exploration ---------------------------------------------------------
+    def setup_plan(self, state: ServerState, population: int) -> RoundPlan | None:
+        if state.meta.get("explored"):
+            return None
+        p, seed = self.pruning, self.cfg.seed
+        count = max(1, round(p.explore_fraction * population))
+        explorers = sorted(int(k) for k in rng_for(seed, "algorithm", 0).choice(population, count, replace=False))
+        broadcast = self.broadcast(state)
+        broadcast.payload_bytes = self.download_bytes(broadcast)
+        lr = self.cfg.clients.optimizer.lr
+        tasks = [ClientTask(0, k, derive_seed(seed, "algorithm", 1, k), "explore", lr, p.explore_epochs) for k in explorers]
+        return RoundPlan(0, tasks, broadcast)
+
+    def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:
+        if task.kind != "explore":
+            return super().client_update(model, data, task, broadcast)
+        c = self.cfg.clients
+        result = local_train(
+            model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
+            seed=task.seed, patience=self.pruning.explore_patience,
+        )
+        trained = model.state_dict()
+        # An explorer sends its squared deviations D_k, never its weights.
+        deviations = {k: (trained[k] - w) ** 2 for k, w in broadcast.weights.items() if is_trainable_state(w)}
+        payload = self.encode(deviations, {}, include_mask=True)
+        received = decode(payload)
+        return ClientUpdate({"sq_dev": WeightedSum.of(received, len(data))}, len(payload), len(data),
+                            result.examples_processed, result.epoch_losses[-1])
+
+    def finish_setup(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+        if "sq_dev" not in partial.stats:
+            raise RuntimeError(f"AutoFLIP exploration: all {len(plan.tasks)} explorers failed; see failures.jsonl")
+        guidance = guidance_from_sum(partial.stats["sq_dev"], self.pruning.normalise)
+        weights, meta = state.weights, dict(state.meta, explored=True)
+        if self.structured and self.pruning.structured_fraction > 0:
+            model = self.model_factory(None)
+            model.load_state_dict(weights)
+            removals = select_removals(unit_scores(model, guidance, self.example_input), self.pruning.structured_fraction)
+            change = prune_units(model, removals, self.example_input)
+            weights, guidance = slice_state(weights, change.keep), slice_state(guidance, change.keep)
+            meta["arch"] = change.record
+        names = self.prunable_names(meta.get("arch"))
+        state = _with_guidance(ServerState(state.round, weights, state.buffers, meta), {n: guidance[n] for n in names})
+        state = with_masks(state, self._binarise(_guidance(state), None, 0))
+        return state, self.metrics(state, None)
+
+    # -- adaptive masks ------------------------------------------------------
+    def _binarise(self, guidance: Tensors, previous: Tensors | None, round_idx: int) -> Tensors:
+        p = self.pruning
+        if not self.unstructured:
+            return {}
+        scores = dict(guidance)
+        if previous and p.regrowth == "freeze":  # pruned stays pruned, and the count stays exact
+            scores = {k: v.masked_fill(~previous[k], float("-inf")) for k, v in scores.items()}
+        sparsity = sparsity_schedule(round_idx, p.sparsity, p.ramp_rounds)
+        return unstructured_mask(scores, sparsity, p.allocation, p.threshold)
+
+    def _fresh_guidance(self, stat: WeightedSum, masks: Tensors, names: list[str]) -> Tensors:
+        """This round's squared update deviations, normalised over the surviving coordinates."""
+        mean = stat.mean()
+        fresh = {}
+        for name in names:
+            kept = masks[name] if name in masks else torch.ones_like(mean[name], dtype=torch.bool)
+            out = torch.zeros_like(mean[name])
+            out[kept] = normalise({name: mean[name][kept]}, self.pruning.normalise)[name]
+            fresh[name] = out
+        return fresh
+
+    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+        previous = state_masks(state)
+        if not (self.adaptive and self.unstructured) or "sq_dev" not in partial.stats:
+            return state, self.metrics(state, previous)
+        names = self.prunable_names(state.meta.get("arch"))
+        fresh = self._fresh_guidance(partial.stats["sq_dev"], previous, names)
+        guidance = update_running(_guidance(state), fresh, self.pruning.alpha)
+        state = _with_guidance(state, guidance)
+        state = with_masks(state, self._binarise(guidance, previous, state.round))
+        return state, self.metrics(state, previous)

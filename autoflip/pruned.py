@@ -1,0 +1,53 @@
+"""What every pruning method shares: the prunable names of the model in hand,
+and the per-round bookkeeping (sparsity, density, churn)."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from autoflip.guidance import prunable_weight_names
+from autoflip.masks import jaccard, overall_sparsity
+from raysim.algorithms.fedavg import FedAvg, state_masks
+from raysim.config import ExperimentConfig
+from raysim.engine.api import ServerState
+from raysim.engine.runner import ModelFactory
+from raysim.engine.stats import Tensors
+
+
+def parameter_count(weights: Tensors, names: list[str], masks: Tensors) -> int:
+    """Parameters the model really carries: kept entries of masked tensors, all of the others."""
+    return sum(int(masks[k].sum()) if k in masks else weights[k].numel() for k in names)
+
+
+class PrunedFedAvg(FedAvg):
+    """FedAvg whose server keeps a mask (and possibly a smaller architecture)."""
+
+    def __init__(self, cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor):
+        super().__init__(cfg)
+        self.pruning = cfg.algorithm.pruning
+        self.model_factory = model_factory
+        self.example_input = example_input
+        dense = model_factory(None)
+        self.dense_params = sum(p.numel() for p in dense.parameters())
+        self._names: dict[str, tuple[list[str], list[str]]] = {}
+
+    def _arch_names(self, arch: list | None) -> tuple[list[str], list[str]]:
+        """(prunable weight names, parameter names) of an architecture, built once."""
+        key = repr(arch)
+        if key not in self._names:
+            model = self.model_factory(arch)
+            self._names[key] = (prunable_weight_names(model), [n for n, _ in model.named_parameters()])
+        return self._names[key]
+
+    def prunable_names(self, arch: list | None) -> list[str]:
+        return self._arch_names(arch)[0]
+
+    def metrics(self, state: ServerState, previous: Tensors | None) -> dict[str, float]:
+        masks = state_masks(state)
+        names = self._arch_names(state.meta.get("arch"))[1]
+        return {
+            "sparsity": overall_sparsity(masks),
+            "param_density": parameter_count(state.weights, names, masks) / self.dense_params,
+            "mask_churn": jaccard(previous, masks) if previous else math.nan,
+        }

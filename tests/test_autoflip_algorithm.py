@@ -1,0 +1,157 @@
+"""AutoFLIP and the baselines running in the engine."""
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from conftest import write_leaf
+from raysim.algorithms import build_algorithm
+from raysim.algorithms.fedavg import state_masks
+from raysim.config import ALGORITHMS
+from raysim.costs.payload import encode_masked
+from raysim.data.loading import load_federated_dataset
+from raysim.devices import Population
+from raysim.engine.runner import ClientRunner
+from raysim.experiment import execute, model_factory, new_run
+from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
+
+MLP = {"name": "mlp", "hidden": 32}
+
+
+def autoflip(name="autoflip", **pruning):
+    return {"name": name, "pruning": {"explore_epochs": 2, **pruning}}
+
+
+def _parts(cfg):
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    example = torch.from_numpy(ds.train.x[:1])
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
+    algo = build_algorithm(cfg, factory, example)
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
+    return ds, factory, algo, runner
+
+
+def _explored(cfg):
+    ds, factory, algo, runner = _parts(cfg)
+    state = algo.init_state(factory(None).state_dict())
+    plan = algo.setup_plan(state, ds.num_clients)
+    state, _ = algo.finish_setup(state, plan, runner.run(plan.tasks, plan.broadcast))
+    return ds, factory, algo, runner, state
+
+
+def test_exploration_prunes_structurally_and_masks_hold_through_training(small_config):
+    cfg = small_config(model=MLP, clients={"optimizer": {"name": "adam", "lr": 0.01}},
+                       algorithm=autoflip(sparsity=0.6, structured_fraction=0.25, ramp_rounds=0))
+    ds, factory, algo, runner, state = _explored(cfg)
+    assert state.meta["arch"]  # a replayable record of the removed units
+    dense = factory(None)
+    pruned = factory(state.meta["arch"])
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in dense.parameters())
+    masks = state_masks(state)
+    assert masks and all(not bool(state.weights[k][~m].any()) for k, m in masks.items())
+
+    plan = algo.configure_round(state, 0, [0, 1, 2])
+    model = runner.model_for(plan.broadcast)
+    from raysim.engine.api import ClientData
+
+    rows = ds.client_train_rows(0)
+    algo.client_update(model, ClientData(torch.from_numpy(ds.train.x[rows]), torch.from_numpy(ds.train.y[rows])),
+                       plan.tasks[0], plan.broadcast)
+    trained = model.state_dict()
+    assert all(torch.count_nonzero(trained[k][~m]) == 0 for k, m in masks.items())  # Adam would move them otherwise
+    assert any(not torch.equal(trained[k], state.weights[k]) for k in masks)
+
+
+def test_pruned_clients_run_fewer_flops_and_bytes_match_the_encoding(small_config):
+    cfg = small_config(model=MLP, algorithm=autoflip(sparsity=0.5, structured_fraction=0.5, ramp_rounds=0))
+    ds, factory, algo, runner, state = _explored(cfg)
+    plan = algo.configure_round(state, 0, [0, 1])
+    pruned = runner.run(plan.tasks, plan.broadcast).tally
+
+    fed_cfg = small_config(model=MLP)
+    _, f_factory, fedavg, f_runner = _parts(fed_cfg)
+    f_plan = fedavg.configure_round(fedavg.init_state(f_factory(None).state_dict()), 0, [0, 1])
+    dense = f_runner.run(f_plan.tasks, f_plan.broadcast).tally
+    assert pruned.get("train_examples") == dense.get("train_examples")
+    assert pruned.get("train_flops_executed") < 0.8 * dense.get("train_flops_executed")
+    assert pruned.get("train_flops_effective") < pruned.get("train_flops_executed")
+    assert pruned.get("train_bytes_down") < dense.get("train_bytes_down")
+    b = plan.broadcast
+    import json
+
+    expected = len(encode_masked(b.weights, b.masks, include_mask=True)) + len(json.dumps(b.arch).encode())
+    assert b.payload_bytes == expected
+
+
+def test_adaptive_mask_follows_the_sparsity_ramp(small_config):
+    cfg = small_config(model=MLP, rounds=3, algorithm=autoflip(sparsity=0.6, ramp_rounds=2))
+    run_dir = new_run(cfg)
+    execute(cfg, run_dir)
+    rows = pq.read_table(run_dir / "rounds.parquet").to_pylist()
+    assert [r["phase"] for r in rows] == ["explore", "train", "train", "train"]
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.3, 0.6, 0.6], abs=1e-3)  # floor(s * n) / n
+    assert rows[2]["mask_churn"] < 1.0 and rows[3]["mask_churn"] == 1.0
+    assert rows[0]["clients_done"] == 12 and rows[0]["flops_executed"] > 0  # exploration is billed
+
+
+def test_resume_mid_run_equals_uninterrupted_for_autoflip(small_config, monkeypatch):
+    cfg = small_config(model=MLP, rounds=3, algorithm=autoflip())
+    full_dir = new_run(cfg)
+    execute(cfg, full_dir)
+    full = load_checkpoint(latest_checkpoint(full_dir))
+
+    from raysim.engine.loop import Evaluator
+
+    original = Evaluator.__call__
+
+    def crash(self, state):
+        if state.round == 2:
+            raise KeyboardInterrupt
+        return original(self, state)
+
+    crashed = new_run(cfg)
+    monkeypatch.setattr(Evaluator, "__call__", crash)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, crashed)
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    execute(cfg, crashed, resume=True)
+    resumed = load_checkpoint(latest_checkpoint(crashed))
+    assert resumed.meta == full.meta
+    assert resumed.buffers.keys() == full.buffers.keys()
+    assert all(torch.equal(full.weights[k], resumed.weights[k]) for k in full.weights)
+    assert all(torch.equal(full.buffers[k], resumed.buffers[k]) for k in full.buffers)
+
+
+def test_lstm_path_runs_autoflip(small_config, tmp_path):
+    rng = np.random.default_rng(0)
+    letters = list("abcdefgh ")
+    users = {}
+    for u in range(6):
+        text = "".join(rng.choice(letters, 200))
+        xs = [text[i:i + 80] for i in range(0, 100, 4)]
+        users[f"user{u}"] = (xs, [text[i + 80] for i in range(0, 100, 4)])
+    write_leaf(tmp_path / "shk", "train", "a.json", users)
+    write_leaf(tmp_path / "shk", "test", "a.json", {"user0": users["user0"]})
+    cfg = small_config(rounds=2, data={"dataset": "shakespeare", "path": str(tmp_path / "shk"), "num_clients": 6},
+                       model={"name": "char_lstm", "hidden": 16}, clients={"per_round": 3},
+                       algorithm={"name": "autoflip", "pruning": {"explore_epochs": 1, "structured_fraction": 0.25}})
+    run_dir = new_run(cfg)
+    summary = execute(cfg, run_dir)
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    assert summary["totals"]["clients_failed"] == 0 and summary["totals"]["clients_done"] > 0
+    assert state.weights["lstm.weight_hh_l0"].shape == (4 * 12, 12)  # 16 hidden units, a quarter removed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_every_algorithm_learns_on_real_data(small_config, fashion_mnist_dir, algorithm):
+    cfg = small_config(
+        rounds=3, data={"dataset": "fashion_mnist", "path": str(fashion_mnist_dir), "num_clients": 20,
+                        "partition": {"scheme": "iid"}, "max_train_samples": 4000, "max_test_samples": 1000},
+        model={"name": "mlp", "hidden": 64, "layers": 1},
+        clients={"per_round": 5, "batch_size": 20, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
+        algorithm={"name": algorithm, "pruning": {"explore_epochs": 1, "explore_fraction": 0.5, "ramp_rounds": 1}},
+        eval={"every": 3, "clients": False},
+    )
+    summary = execute(cfg, new_run(cfg))
+    assert summary["final_accuracy"] > 0.5, algorithm  # chance is 0.10
