@@ -98,7 +98,9 @@ class AutoFLIP(PrunedFedAvg):
             meta["arch"] = change.record
         names = self.prunable_names(meta.get("arch"))
         state = _with_guidance(ServerState(state.round, weights, state.buffers, meta), {n: guidance[n] for n in names})
-        state = with_masks(state, self._binarise(_guidance(state), None, 0))
+        # A static mask never adapts, so it starts at the target sparsity; an adaptive one ramps.
+        first = 0 if self.adaptive else self.pruning.ramp_rounds
+        state = with_masks(state, self._binarise(_guidance(state), None, first))
         return state, self.metrics(state, None)
 
     # -- adaptive masks ------------------------------------------------------

@@ -37,7 +37,6 @@ prunes what consumes the last LSTM layer's output.
 from __future__ import annotations
 
 import itertools
-import math
 import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -47,14 +46,12 @@ import torch_pruning as tp
 from torch import nn
 
 from autoflip import lstm_pruning
+from autoflip.masks import prune_count
 from raysim.models.zoo import PRUNABLE_TYPES, output_layer_name, prunable_layer_names
 
 Keep = dict[str, dict[int, torch.Tensor]]
 RecordEntry = dict  # {"layer": unit layer key, "remove": sorted unit indices at application time}
 
-# fraction * units in float64 can land just below an integer (0.29 * 100 = 28.999...);
-# this relative slack counts such products as the integer they stand for (as autoflip.masks does).
-_COUNT_SLACK = 1e-12
 
 
 @dataclass(frozen=True)
@@ -126,7 +123,7 @@ def select_removals(
         if not bool(torch.isfinite(score).all()):
             raise ValueError(f"scores for '{key}' are not all finite; they cannot be ranked")
         units = score.numel()
-        count = min(math.floor(fraction * units * (1.0 + _COUNT_SLACK)), max(units - min_keep, 0))
+        count = min(prune_count(fraction, units), max(units - min_keep, 0))
         order = torch.sort(score.detach().cpu(), stable=True).indices
         removals[key] = sorted(order[:count].tolist())
     return removals

@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="parent folder of the run folder (default: the config's output.dir)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    from raysim.benchmarks.savings import add_bench_parser
+
+    add_bench_parser(sub)
     return p
 
 
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     from raysim.data.errors import DataError
 
     try:
+        if args.command == "bench":
+            from raysim.benchmarks.savings import bench_main
+
+            return bench_main(args)
         return _run(args)
     except (ConfigError, DataError) as exc:
         print(f"raysim: error: {exc}", file=sys.stderr)

@@ -94,6 +94,15 @@ def test_adaptive_mask_follows_the_sparsity_ramp(small_config):
     assert rows[0]["clients_done"] == 12 and rows[0]["flops_executed"] > 0  # exploration is billed
 
 
+def test_static_mask_starts_at_the_target_and_never_changes(small_config):
+    cfg = small_config(model=MLP, rounds=2, algorithm=autoflip("autoflip_static", sparsity=0.6, ramp_rounds=3))
+    run_dir = new_run(cfg)
+    execute(cfg, run_dir)
+    rows = pq.read_table(run_dir / "rounds.parquet").to_pylist()
+    assert [r["sparsity"] for r in rows] == pytest.approx([0.6] * 3, abs=1e-3)
+    assert [r["mask_churn"] for r in rows[1:]] == [1.0, 1.0]
+
+
 def test_resume_mid_run_equals_uninterrupted_for_autoflip(small_config, monkeypatch):
     cfg = small_config(model=MLP, rounds=3, algorithm=autoflip())
     full_dir = new_run(cfg)

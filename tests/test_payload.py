@@ -156,3 +156,11 @@ def test_garbage_payload_is_a_value_error():
         decode(b"not a payload at all")
     with pytest.raises(ValueError):
         decode(ZSTD_MAGIC + b"truncated")
+
+
+def test_an_all_kept_mask_costs_nothing_over_dense():
+    tensors = {"w": torch.randn(64, 32), "b": torch.randn(32)}
+    full = {"w": torch.ones(64, 32, dtype=torch.bool)}
+    assert len(encode_masked(tensors, full)) == len(encode_dense(tensors))
+    decoded = decode(encode_masked(tensors, full, include_mask=False), full)
+    assert torch.equal(decoded["w"], tensors["w"])

@@ -449,7 +449,7 @@ def plot(curves: dict, x_key: str, x_label: str, path: Path, n_seeds: int) -> No
         if points:
             ax.plot(*zip(*points), marker=".", label=method)
     ax.set_xlabel(x_label)
-    ax.set_ylabel(f"test accuracy (mean of {n_seeds} seed{'s' * (n_seeds > 1)})")
+    ax.set_ylabel("test accuracy" + (f" (mean of {n_seeds} seeds)" if n_seeds > 1 else " (1 seed)"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.tight_layout()
@@ -499,7 +499,8 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
     s.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget; rounds and seeds are fitted to it (default 30)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run, in order, while the budget lasts (default 0 1 2)")
     s.add_argument("--rounds", type=int, help="fixed rounds per run (default: the most that fit the budget, up to the config's rounds)")
-    s.add_argument("--methods", nargs="+", choices=ALGORITHMS, help="default: all; fedavg is always run")
+    s.add_argument("--methods", nargs="+", choices=ALGORITHMS, metavar="METHOD",
+                   help=f"of {', '.join(ALGORITHMS)} (default: all); fedavg is always run")
     s.add_argument("--out", type=Path, help="output folder, new or empty (default: results/savings-<timestamp>)")
     s.add_argument("--config", type=Path, help=f"base experiment config (default: the embedded {SAVINGS_CONFIG.name})")
     return bench

@@ -65,6 +65,9 @@ def encode_masked(
             arrays[name] = values
             continue
         flat_mask = _checked_mask(name, masks[name], values.shape).reshape(-1)
+        if flat_mask.all():  # nothing pruned: plain dense is smaller than values plus a mask
+            arrays[name] = values
+            continue
         arrays[name] = values.reshape(-1)[flat_mask]
         layout = _ABSENT
         if include_mask:
