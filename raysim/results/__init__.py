@@ -1,0 +1,1 @@
+"""What a run leaves behind: its folder, round log, summary and checkpoints."""
