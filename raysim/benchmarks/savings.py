@@ -17,8 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -441,6 +439,10 @@ PLOTS = {
 
 
 def plot(curves: dict, x_key: str, x_label: str, path: Path, n_seeds: int) -> None:
+    # Imported here so that every `raysim` command does not pay for matplotlib.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(7, 4.5))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
