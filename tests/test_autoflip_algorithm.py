@@ -86,9 +86,11 @@ def test_pruned_clients_run_fewer_flops_and_bytes_match_the_encoding(small_confi
 def test_adaptive_mask_follows_the_sparsity_ramp(small_config):
     cfg = small_config(model=MLP, rounds=3, algorithm=autoflip(sparsity=0.6, ramp_rounds=2))
     run_dir = new_run(cfg)
-    execute(cfg, run_dir)
+    summary = execute(cfg, run_dir)
     rows = pq.read_table(run_dir / "rounds.parquet").to_pylist()
     assert [r["phase"] for r in rows] == ["explore", "train", "train", "train"]
+    assert summary["rounds"] == 3
+    assert summary["totals"]["flops_executed"] == sum(r["flops_executed"] for r in rows)
     assert [r["sparsity"] for r in rows] == pytest.approx([0.0, 0.3, 0.6, 0.6], abs=1e-3)  # floor(s * n) / n
     assert rows[2]["mask_churn"] < 1.0 and rows[3]["mask_churn"] == 1.0
     assert rows[0]["clients_done"] == 12 and rows[0]["flops_executed"] > 0  # exploration is billed

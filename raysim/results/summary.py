@@ -18,6 +18,7 @@ MEASURED = {
     "bytes": "length of the real encoded payloads (safetensors, optional zstd)",
     "sim_time_s": "simulated clock: FLOPs/throughput + bytes/bandwidth + latency of each device profile; round = slowest included client",
     "wall_time_s": "time.perf_counter around each round on this machine (evaluation excluded)",
+    "totals": "sums over rounds.parquet, including AutoFLIP's exploration phase (round 0) where there is one",
 }
 
 
@@ -38,7 +39,7 @@ def summarize(rows: list[dict], run_dir: Path, algorithm: str) -> dict:
     return {
         "run_dir": str(run_dir),
         "algorithm": algorithm,
-        "rounds": len(rows),
+        "rounds": sum(r.get("phase", "train") == "train" for r in rows),  # the exploration row is not a round
         "final_accuracy": acc[-1] if acc else None,
         "accuracy_last_3_mean": statistics.fmean(last3) if last3 else None,
         "accuracy_last_3_spread": (max(last3) - min(last3)) if last3 else None,
