@@ -1,4 +1,6 @@
 """AutoFLIP and the baselines running in the engine."""
+import json
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -11,6 +13,8 @@ from raysim.config import ALGORITHMS
 from raysim.costs.payload import encode_masked
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
+from raysim.engine.api import ClientData
+from raysim.engine.loop import Evaluator
 from raysim.engine.runner import ClientRunner
 from raysim.experiment import execute, model_factory, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -52,8 +56,6 @@ def test_exploration_prunes_structurally_and_masks_hold_through_training(small_c
 
     plan = algo.configure_round(state, 0, [0, 1, 2])
     model = runner.model_for(plan.broadcast)
-    from raysim.engine.api import ClientData
-
     rows = ds.client_train_rows(0)
     algo.client_update(model, ClientData(torch.from_numpy(ds.train.x[rows]), torch.from_numpy(ds.train.y[rows])),
                        plan.tasks[0], plan.broadcast)
@@ -77,8 +79,6 @@ def test_pruned_clients_run_fewer_flops_and_bytes_match_the_encoding(small_confi
     assert pruned.get("train_flops_effective") < pruned.get("train_flops_executed")
     assert pruned.get("train_bytes_down") < dense.get("train_bytes_down")
     b = plan.broadcast
-    import json
-
     expected = len(encode_masked(b.weights, b.masks, include_mask=True)) + len(json.dumps(b.arch).encode())
     assert b.payload_bytes == expected
 
@@ -110,8 +110,6 @@ def test_resume_mid_run_equals_uninterrupted_for_autoflip(small_config, monkeypa
     full_dir = new_run(cfg)
     execute(cfg, full_dir)
     full = load_checkpoint(latest_checkpoint(full_dir))
-
-    from raysim.engine.loop import Evaluator
 
     original = Evaluator.__call__
 

@@ -8,7 +8,6 @@ import torch
 from raysim.algorithms.fedavg import FedAvg
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
-from raysim.engine.api import ClientTask
 from raysim.engine.loop import Evaluator
 from raysim.engine.runner import ClientRunner
 from raysim.experiment import execute, model_factory, new_run

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import torch
 from torch import nn
 
 from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
