@@ -21,11 +21,11 @@ from autoflip.pruned import PrunedFedAvg
 from autoflip.structured import prune_units, select_removals, slice_state, unit_scores
 from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.algorithms.server_update import is_trainable_state
+from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
 from raysim.engine.seeds import derive_seed, rng_for
 from raysim.engine.stats import Partial, Tensors, WeightedSum
 from raysim.engine.training import local_train
-from raysim.costs.payload import decode
 
 GUIDANCE_PREFIX = "guidance/"
 
@@ -35,16 +35,6 @@ VARIANTS = {  # name -> (structured, unstructured, adaptive)
     "autoflip_structured": (True, False, False),
     "autoflip_static": (True, True, False),
 }
-
-
-def _guidance(state: ServerState) -> Tensors:
-    return {k.removeprefix(GUIDANCE_PREFIX): v for k, v in state.buffers.items() if k.startswith(GUIDANCE_PREFIX)}
-
-
-def _with_guidance(state: ServerState, guidance: Tensors) -> ServerState:
-    buffers = {k: v for k, v in state.buffers.items() if not k.startswith(GUIDANCE_PREFIX)}
-    buffers |= {GUIDANCE_PREFIX + k: v for k, v in guidance.items()}
-    return ServerState(state.round, state.weights, buffers, state.meta)
 
 
 class AutoFLIP(PrunedFedAvg):
@@ -97,10 +87,10 @@ class AutoFLIP(PrunedFedAvg):
             weights, guidance = slice_state(weights, change.keep), slice_state(guidance, change.keep)
             meta["arch"] = change.record
         names = self.prunable_names(meta.get("arch"))
-        state = _with_guidance(ServerState(state.round, weights, state.buffers, meta), {n: guidance[n] for n in names})
+        state = ServerState(state.round, weights, state.buffers, meta).with_group(GUIDANCE_PREFIX, {n: guidance[n] for n in names})
         # A static mask never adapts, so it starts at the target sparsity; an adaptive one ramps.
         first = 0 if self.adaptive else self.pruning.ramp_rounds
-        state = with_masks(state, self._binarise(_guidance(state), None, first))
+        state = with_masks(state, self._binarise(state.group(GUIDANCE_PREFIX), None, first))
         return state, self.metrics(state, None)
 
     # -- adaptive masks ------------------------------------------------------
@@ -131,7 +121,7 @@ class AutoFLIP(PrunedFedAvg):
             return state, self.metrics(state, previous)
         names = self.prunable_names(state.meta.get("arch"))
         fresh = self._fresh_guidance(partial.stats["sq_dev"], previous, names)
-        guidance = update_running(_guidance(state), fresh, self.pruning.alpha)
-        state = _with_guidance(state, guidance)
+        guidance = update_running(state.group(GUIDANCE_PREFIX), fresh, self.pruning.alpha)
+        state = state.with_group(GUIDANCE_PREFIX, guidance)
         state = with_masks(state, self._binarise(guidance, previous, state.round))
         return state, self.metrics(state, previous)

@@ -24,13 +24,12 @@ MASK_PREFIX = "mask/"
 
 
 def state_masks(state: ServerState) -> Tensors:
-    return {k.removeprefix(MASK_PREFIX): v for k, v in state.buffers.items() if k.startswith(MASK_PREFIX)}
+    return state.group(MASK_PREFIX)
 
 
 def with_masks(state: ServerState, masks: Tensors) -> ServerState:
     """The state with `masks` installed and enforced on the weights and the server momentum."""
-    buffers = {k: v for k, v in state.buffers.items() if not k.startswith(MASK_PREFIX)}
-    buffers |= {MASK_PREFIX + k: m for k, m in masks.items()}
+    buffers = state.with_group(MASK_PREFIX, masks).buffers
     weights = dict(state.weights)
     for name, mask in masks.items():
         weights[name] = weights[name] * mask

@@ -24,6 +24,16 @@ class ServerState:
     buffers: Tensors = field(default_factory=dict)  # algorithm tensors: server momentum, masks, guidance
     meta: dict[str, Any] = field(default_factory=dict)  # JSON-able: architecture record, schedule position
 
+    def group(self, prefix: str) -> Tensors:
+        """The buffers stored under `prefix` (e.g. "mask/"), keyed without it."""
+        return {k.removeprefix(prefix): v for k, v in self.buffers.items() if k.startswith(prefix)}
+
+    def with_group(self, prefix: str, tensors: Tensors) -> "ServerState":
+        """A copy whose buffers under `prefix` are replaced by `tensors`."""
+        buffers = {k: v for k, v in self.buffers.items() if not k.startswith(prefix)}
+        buffers |= {prefix + k: v for k, v in tensors.items()}
+        return ServerState(self.round, self.weights, buffers, self.meta)
+
 
 @dataclass(frozen=True)
 class ClientTask:

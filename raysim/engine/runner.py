@@ -110,8 +110,7 @@ class ClientRunner:
         if kind == "train" and misses_deadline(clock.total_s, self.deadline_s):  # exploration has no deadline
             partial.tally.add(**{f"{kind}_dropped": 1})
             return
-        for key, value in update.contribution.items():
-            partial.stats[key] = partial.stats[key] + value if key in partial.stats else value
+        partial.add_stats(update.contribution)
         partial.tally.add(
             **{
                 f"{kind}_done": 1,

@@ -80,11 +80,15 @@ class Partial:
     tally: Tally = field(default_factory=Tally)
     failures: list[ClientFailure] = field(default_factory=list)
 
+    def add_stats(self, stats: dict[str, WeightedSum]) -> None:
+        """Sum `stats` into this partial in place (a worker adding one client)."""
+        for k, v in stats.items():
+            self.stats[k] = self.stats[k] + v if k in self.stats else v
+
     def __add__(self, other: "Partial") -> "Partial":
-        stats = dict(self.stats)
-        for k, v in other.stats.items():
-            stats[k] = stats[k] + v if k in stats else v
-        return Partial(stats, self.tally + other.tally, self.failures + other.failures)
+        out = Partial(dict(self.stats), self.tally + other.tally, self.failures + other.failures)
+        out.add_stats(other.stats)
+        return out
 
 
 def merge_all(partials: list[Partial]) -> Partial:
