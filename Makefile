@@ -14,11 +14,12 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # Real Fashion-MNIST for the learning tests: Debian's package, installed when we may.
+# System packages the tests use for real: the dataset, and Prometheus for the metrics test.
 data:
-	@if [ ! -d $(FMNIST) ]; then \
+	@if [ ! -d $(FMNIST) ] || ! command -v prometheus >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-	  else echo "note: $(FMNIST) missing; run: sudo apt-get install dataset-fashion-mnist"; fi; \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist prometheus; \
+	  else echo "note: run: sudo apt-get install dataset-fashion-mnist prometheus"; fi; \
 	fi
 
 run: setup

@@ -18,6 +18,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, help="parent folder of the run folder (default: the config's output.dir)")
     run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    run.add_argument("--address", metavar="ADDR",
+                     help="Ray cluster to run on (same as --set backend.address=ADDR; default: $RAY_ADDRESS, "
+                          "else a local Ray instance for the run)")
     from raysim.benchmarks.savings import add_bench_parser
 
     add_bench_parser(sub)
@@ -29,11 +32,12 @@ def _run(args: argparse.Namespace) -> int:
     from raysim.results.summary import print_summary
 
     if args.resume:
-        if args.config or args.overrides or args.out:
-            raise ConfigError("--resume continues a run with its saved config: drop CONFIG, --set and --out")
+        if args.config or args.overrides or args.out or args.address:
+            raise ConfigError("--resume continues a run with its saved config: drop CONFIG, --set, --out and --address")
         cfg, run_dir = resumed_config(args.resume), args.resume
     else:
-        cfg = load_config(args.config, args.overrides)
+        overrides = args.overrides + ([f"backend.address={args.address}"] if args.address else [])
+        cfg = load_config(args.config, overrides)
         run_dir = new_run(cfg, args.out)
     summary = execute(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
     print_summary(summary)

@@ -129,6 +129,11 @@ class DevicesConfig(_Section):
     )
     deadline_s: float | None = Field(None, gt=0, description="simulated seconds; slower clients are dropped")
     use_availability: bool = Field(True, description="sample only clients online this round")
+    overcommit: float = Field(
+        1.0, ge=1.0,
+        description="sample this many times the cohort; the round closes (on simulated time) once a cohort's worth "
+                    "of clients is predicted to have reported, and later ones are dropped as stragglers",
+    )
 
 
 class PayloadConfig(_Section):
@@ -150,7 +155,26 @@ class OutputConfig(_Section):
 
 
 class BackendConfig(_Section):
-    name: Literal["inprocess"] = "inprocess"
+    name: Literal["ray", "inprocess"] = Field(
+        "ray", description="ray: a pool of worker actors; inprocess: every client in the driver (tests, debugging)"
+    )
+    address: str | None = Field(
+        None, description="Ray cluster to join; null: $RAY_ADDRESS if set, else a local instance started and stopped by the run"
+    )
+    num_workers: int | None = Field(None, ge=1, description="worker actors; null: as many as the cluster's resources fit")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker declares (and torch threads it uses)")
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker declares; 0.25 puts 4 workers on one GPU")
+    fan_in: int = Field(4, ge=2, description="partials merged per node of the aggregation tree")
+    clients_per_call: int = Field(32, ge=1, description="clients sent to a worker per remote call")
+    max_retries: int = Field(3, ge=0, description="times a dead worker's clients are retried within one round")
+
+
+class MetricsConfig(_Section):
+    enabled: bool = Field(False, description="export Prometheus metrics from the driver")
+    host: str = Field("127.0.0.1", description="address the exporter binds; loopback unless you open it on purpose")
+    port: int = Field(9400, ge=0, le=65535, description="exporter port; 0 picks a free one")
+    linger_s: float = Field(0.0, ge=0, description="seconds the exporter stays up after the run, for the last scrape")
+    pushgateway: str | None = Field(None, description="host:port of a Pushgateway to push the final values to")
 
 
 class ExperimentConfig(_Section):
@@ -166,6 +190,7 @@ class ExperimentConfig(_Section):
     eval: EvalConfig = EvalConfig()
     output: OutputConfig = OutputConfig()
     backend: BackendConfig = BackendConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> "ExperimentConfig":

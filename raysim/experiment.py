@@ -1,6 +1,8 @@
 """Assembles a run from its config: data, population, model, algorithm, backend, callbacks."""
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 from pathlib import Path
 
@@ -8,10 +10,12 @@ import torch
 
 from raysim.algorithms import build_algorithm
 from raysim.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from raysim.data.federated import FederatedDataset
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.api import ServerState
-from raysim.engine.backend import Backend, InProcessBackend
+from raysim.engine.backend import Backend, InProcessBackend, worker_threads
+from raysim.engine.clock import ClockPredictor
 from raysim.engine.loop import Callback, Evaluator, RoundLoop
 from raysim.engine.runner import ClientRunner, ModelFactory
 from raysim.engine.sampling import cohort_size
@@ -23,6 +27,7 @@ from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
 from raysim.results.run_dir import create_run_dir, write_atomic
 from raysim.results.summary import summarize, write_summary
+from raysim.telemetry.prometheus import PrometheusExporter
 
 CONFIG_FILE = "config.yaml"
 
@@ -58,15 +63,51 @@ class FailureLog(Callback):
                     f.write(json.dumps(fail.__dict__) + "\n")
 
 
+def build_runner(cfg: ExperimentConfig, population: Population, dataset: FederatedDataset,
+                 device: str = "cpu") -> ClientRunner:
+    """The client side of a run, built the same way in the driver and in every Ray worker."""
+    example = torch.tensor(dataset.train.x[:1])
+    factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
+    return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size, device)
+
+
+def build_backend(cfg: ExperimentConfig, population: Population, dataset: FederatedDataset) -> Backend:
+    if cfg.backend.name == "inprocess":
+        return InProcessBackend(build_runner(cfg, population, dataset), worker_threads(cfg.backend))
+    from raysim.engine.ray_backend import RayBackend
+
+    try:
+        return RayBackend(functools.partial(build_runner, cfg, population), dataset, cfg.backend)
+    except ValueError as exc:  # the pool does not fit the cluster
+        raise ConfigError(str(exc)) from None
+
+
+@contextlib.contextmanager
+def backend_session(cfg: ExperimentConfig):
+    """The Ray connection a run needs, if any, for as long as it lasts."""
+    if cfg.backend.name == "inprocess":
+        yield
+        return
+    from raysim.engine.ray_backend import ray_session
+
+    # With metrics on, a local Ray also runs its dashboard, which serves Ray's own metrics
+    # and writes the service-discovery file Prometheus reads (dashboards/prometheus.yml).
+    with ray_session(cfg.backend, dashboard=cfg.metrics.enabled):
+        yield
+
+
 def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None) -> dict:
     """Run (or continue) the experiment in `run_dir` and return its summary."""
+    with backend_session(cfg):
+        return _execute(cfg, run_dir, resume, progress)
+
+
+def _execute(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool | None) -> dict:
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    example = torch.from_numpy(dataset.train.x[:1])
+    example = torch.tensor(dataset.train.x[:1])
     factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
     algorithm = build_algorithm(cfg, factory, example)
-    runner = ClientRunner(algorithm, dataset, population, factory, cfg.devices.deadline_s, cfg.eval.batch_size)
-    backend: Backend = InProcessBackend(runner)
 
     rows: list[dict] = []
     state = algorithm.init_state(factory(None).state_dict())
@@ -83,15 +124,26 @@ def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress
     round_log = callbacks[0]
     if show:
         callbacks.append(ProgressBar(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]"))
-    evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
-                          max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
-    loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
-                     cohort=cohort_size(cfg.clients.per_round, dataset.num_clients), eval_every=cfg.eval.every,
-                     deadline_s=cfg.devices.deadline_s, use_availability=cfg.devices.use_availability)
+    exporter = None
+    if cfg.metrics.enabled:  # closes itself at run end (after linger); the finally covers a failed run
+        exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
+                                      population=len(population))
+        callbacks.append(exporter)
+    backend: Backend | None = None
     try:
+        backend = build_backend(cfg, population, dataset)
+        evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
+                              max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
+        loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
+                         cohort=cohort_size(cfg.clients.per_round, dataset.num_clients), eval_every=cfg.eval.every,
+                         deadline_s=cfg.devices.deadline_s, use_availability=cfg.devices.use_availability,
+                         clock=ClockPredictor(dataset, population, factory), overcommit=cfg.devices.overcommit)
         loop.run(state)
     finally:
-        backend.close()
+        if exporter is not None:
+            exporter.close()
+        if backend is not None:
+            backend.close()
     summary = summarize(round_log.rows, run_dir, algorithm.name)
     write_summary(summary, run_dir)
     return summary

@@ -28,6 +28,7 @@ def small_config(tmp_path):
             "clients": {"per_round": 4, "local_epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.05}},
             "eval": {"every": 1, "max_clients": 5},
             "output": {"dir": str(tmp_path / "runs"), "progress": False},
+            "backend": {"name": "inprocess"},
         }
         return config_from_dict(_merge(base, extra))
 
@@ -52,3 +53,15 @@ def write_leaf(folder: Path, split: str, name: str, users: dict[str, tuple[list,
         "user_data": {u: {"x": x, "y": y} for u, (x, y) in users.items()},
     }
     (folder / split / name).write_text(json.dumps(tree))
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance for the whole pytest run: 2 CPUs (this machine's cores) and
+    2 declared fake GPUs, so fractional GPU placement is testable without a GPU."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()

@@ -31,7 +31,7 @@ def _parts(cfg):
     example = torch.from_numpy(ds.train.x[:1])
     factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
     algo = build_algorithm(cfg, factory, example)
-    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
     return ds, factory, algo, runner
 
 

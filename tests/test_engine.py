@@ -92,7 +92,7 @@ def test_fedavg_dense_costs_match_analytic_counts(small_config):
     plan = algo.configure_round(state, 0, [0, 1, 2])
     assert _safetensors_data_bytes(algo.encode(plan.broadcast.weights, {}, include_mask=True)) == 4 * n_params
     assert plan.broadcast.payload_bytes == len(algo.encode(plan.broadcast.weights, {}, include_mask=True))
-    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
     partial = runner.run(plan.tasks, plan.broadcast)
     t = partial.tally
     examples = sum(len(ds.client_train_rows(k)) for k in (0, 1, 2)) * cfg.clients.local_epochs
@@ -110,7 +110,7 @@ def test_failing_and_non_finite_clients_are_excluded_and_counted(small_config, m
     algo = FedAvg(cfg)
     factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     state = algo.init_state(factory(None).state_dict())
-    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory, None)
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
     plan = algo.configure_round(state, 0, [0, 1, 2, 3])
     clean = runner.run([t for t in plan.tasks if t.client in (0, 3)], plan.broadcast)
 
@@ -150,7 +150,7 @@ def test_sim_time_is_the_slowest_client_without_deadline(small_config):
     algo = FedAvg(cfg)
     factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
-    runner = ClientRunner(algo, ds, pop, factory, None)
+    runner = ClientRunner(algo, ds, pop, factory)
     state = algo.init_state(factory(None).state_dict())
     plan = algo.configure_round(state, 0, list(range(6)))
     times = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]

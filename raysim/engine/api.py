@@ -43,6 +43,7 @@ class ClientTask:
     kind: TaskKind = "train"
     lr: float = 0.0
     epochs: int = 1
+    deadline_s: float | None = None  # simulated seconds; a training client finishing later is dropped
 
 
 @dataclass

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from contextlib import contextmanager
 
+import torch
+
+from raysim.config import BackendConfig
 from raysim.engine.api import Broadcast, ClientTask
 from raysim.engine.runner import ClientRunner
 from raysim.engine.stats import Partial
@@ -20,12 +24,36 @@ class Backend(ABC):
     def close(self) -> None:
         """Release workers; the in-process backend holds none."""
 
+    def pool_info(self) -> dict[str, float]:
+        """The worker pool during the last `run` (size, busy fraction), for the round log and metrics."""
+        return {}
+
+
+def worker_threads(cfg: BackendConfig) -> int:
+    """Torch threads per worker: its whole CPUs, at least one."""
+    return max(1, int(cfg.num_cpus_per_worker))
+
+
+@contextmanager
+def torch_threads(n: int):
+    """Run with `n` intra-op threads. Float32 reductions depend on the thread count, so a
+    client trains identically only under the same count wherever it runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
 
 class InProcessBackend(Backend):
-    """Runs every client sequentially in this process: the reference for bit-exact results."""
+    """Runs every client sequentially in this process, with the thread count a Ray worker
+    would use: the reference the Ray backend is tested against."""
 
-    def __init__(self, runner: ClientRunner):
+    def __init__(self, runner: ClientRunner, threads: int = 1):
         self.runner = runner
+        self.threads = threads
 
     def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
-        return self.runner.run(tasks, broadcast)
+        with torch_threads(self.threads):
+            return self.runner.run(tasks, broadcast)

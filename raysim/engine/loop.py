@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, round_time_s
 from raysim.engine.api import ClientTask, FederatedAlgorithm, ServerState
 from raysim.engine.backend import Backend
+from raysim.engine.clock import ClockPredictor
 from raysim.engine.runner import ModelFactory
 from raysim.engine.sampling import sample_clients
 from raysim.engine.seeds import rng_for
@@ -94,6 +95,8 @@ class RoundLoop:
     eval_every: int
     deadline_s: float | None
     use_availability: bool
+    clock: ClockPredictor
+    overcommit: float = 1.0
 
     def _notify(self, record: dict, state: ServerState, partial: Partial) -> None:
         for cb in self.callbacks:
@@ -122,12 +125,16 @@ class RoundLoop:
                 available = self.population.available(r, self.seed)
             else:
                 available = np.ones(len(self.population), dtype=bool)
-            clients = sample_clients(self.seed, r, self.cohort, available)
+            clients = sample_clients(self.seed, r, math.ceil(self.cohort * self.overcommit), available)
             plan = self.algorithm.configure_round(state, r, clients)
+            deadline = self.clock.round_deadline(plan.tasks, plan.broadcast, self.cohort, self.deadline_s)
+            plan = replace(plan, tasks=[replace(t, deadline_s=deadline) for t in plan.tasks])
             partial = self.backend.run(plan.tasks, plan.broadcast)
+            pool = self.backend.pool_info()
             state, metrics = self.algorithm.aggregate(state, plan, partial)
-            record = round_record(r + 1, "train", len(clients), partial, self.deadline_s)
+            record = round_record(r + 1, "train", len(clients), partial, deadline)
             record["wall_time_s"] = time.perf_counter() - start
+            record.update(pool)
             record.update(metrics)
             if (r + 1) % self.eval_every == 0 or r + 1 == self.rounds:
                 record.update(self.evaluator(state))

@@ -18,7 +18,7 @@ from raysim.costs.flops import training_flop_profile
 from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, client_time_s, misses_deadline
 from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
-from raysim.engine.stats import ClientFailure, Partial
+from raysim.engine.stats import ClientFailure, Partial, WeightedSum
 from raysim.engine.training import evaluate
 
 ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
@@ -29,6 +29,11 @@ def layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     return {name.rpartition(".")[0]: float(mask.float().mean()) for name, mask in masks.items()}
 
 
+def _on_cpu(s: WeightedSum) -> WeightedSum:
+    """Partials travel between processes: keep them on the CPU whatever device trained."""
+    return WeightedSum({k: v.cpu() for k, v in s.total.items()}, s.weight)
+
+
 class ClientRunner:
     def __init__(
         self,
@@ -36,32 +41,46 @@ class ClientRunner:
         dataset: FederatedDataset,
         population: Population,
         model_factory: ModelFactory,
-        deadline_s: float | None,
         eval_batch_size: int = 1024,
+        device: str = "cpu",
     ):
         self.algorithm = algorithm
         self.dataset = dataset
         self.population = population
         self.model_factory = model_factory
-        self.deadline_s = deadline_s
         self.eval_batch_size = eval_batch_size
+        self.device = torch.device(device)
         self._models: dict[str, nn.Module] = {}
+        self._device_broadcast: tuple[Broadcast, Broadcast] | None = None
 
     def model_for(self, broadcast: Broadcast) -> nn.Module:
         """The model for the broadcast's architecture (built once per architecture), loaded with its weights."""
         key = json.dumps(broadcast.arch, sort_keys=True)
         if key not in self._models:
-            self._models[key] = self.model_factory(broadcast.arch)
+            self._models[key] = self.model_factory(broadcast.arch).to(self.device)
         model = self._models[key]
         model.load_state_dict(broadcast.weights)
         return model
 
+    def _on_device(self, broadcast: Broadcast) -> Broadcast:
+        """The broadcast with its tensors on this runner's device, copied once per broadcast."""
+        if self.device.type == "cpu":
+            return broadcast
+        if self._device_broadcast is None or self._device_broadcast[0] is not broadcast:
+            moved = Broadcast({k: v.to(self.device) for k, v in broadcast.weights.items()},
+                              {k: v.to(self.device) for k, v in broadcast.masks.items()},
+                              broadcast.arch, broadcast.payload_bytes)
+            self._device_broadcast = (broadcast, moved)
+        return self._device_broadcast[1]
+
     def _client_data(self, rows) -> ClientData:
+        # Fancy indexing copies the client's rows out of the (possibly shared, read-only) arrays.
         train = self.dataset.train
-        return ClientData(torch.from_numpy(train.x[rows]), torch.from_numpy(train.y[rows]))
+        return ClientData(torch.from_numpy(train.x[rows]).to(self.device), torch.from_numpy(train.y[rows]).to(self.device))
 
     def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
         partial = Partial()
+        broadcast = self._on_device(broadcast)
         densities = layer_densities(broadcast.masks)
         for task in tasks:
             try:
@@ -107,10 +126,10 @@ class ClientRunner:
                 f"{kind}_examples": update.examples_processed,
             }
         )
-        if kind == "train" and misses_deadline(clock.total_s, self.deadline_s):  # exploration has no deadline
+        if misses_deadline(clock.total_s, task.deadline_s):
             partial.tally.add(**{f"{kind}_dropped": 1})
             return
-        partial.add_stats(update.contribution)
+        partial.add_stats({k: _on_cpu(v) for k, v in update.contribution.items()})
         partial.tally.add(
             **{
                 f"{kind}_done": 1,

@@ -1,0 +1,312 @@
+"""The Ray backend: virtual clients on a pool of worker actors, merged through a tree.
+
+- Each worker actor holds one ClientRunner (model cache, algorithm) and reads the
+  dataset from the object store without copying; it runs many virtual clients.
+- The driver assigns a round's clients to workers by predicted cost (longest
+  first onto the least-loaded worker), feeds each worker `clients_per_call`
+  clients at a time, two calls deep, and watches them with `ray.wait`.
+- Every worker sums its clients into one Partial it keeps until the round ends;
+  the partials merge through a tree of Ray tasks with a fixed fan-in and order,
+  so the driver only ever receives the root.
+- A worker that dies is replaced and all of its clients for the round rerun
+  (its running sum died with it, so nothing is counted twice), at most
+  `max_retries` times; after that its clients are reported as failed.
+
+This is the only module that imports ray.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import ray
+import torch
+from ray.exceptions import RayActorError
+
+from raysim.config import BackendConfig
+from raysim.data.federated import FederatedDataset
+from raysim.engine.api import Broadcast, ClientTask
+from raysim.engine.backend import Backend, worker_threads
+from raysim.engine.runner import ClientRunner
+from raysim.engine.stats import ClientFailure, Partial, merge_all
+
+# (dataset, device) -> runner; must pickle (a module-level function or functools.partial).
+RunnerFactory = Callable[[FederatedDataset, str], ClientRunner]
+
+# Per-client fixed cost in example-equivalents (model load, data slicing, encoding):
+# without it, tiny clients would look free and pile onto one worker.
+CLIENT_OVERHEAD_EXAMPLES = 20
+PIPELINE_DEPTH = 2  # calls in flight per worker: the next is queued while one runs
+
+
+class ClientWorker:
+    """A Ray actor running virtual clients; the round's running sum lives here."""
+
+    def __init__(self, index: int, runner_factory: RunnerFactory, dataset: FederatedDataset, threads: int):
+        torch.set_num_threads(threads)  # its share of the node, not every core (and what in-process uses)
+        gpus = ray.get_gpu_ids()
+        self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
+        self.index = index
+        self.dataset = dataset  # deserialised from the object store: numpy views, no copy
+        self.runner = runner_factory(dataset, self.device)
+        self.key: tuple | None = None
+        self.partial = Partial()
+        self.clients = 0
+        self.broadcast: Broadcast | None = None
+        self.metrics = _worker_metrics(index)
+
+    def info(self) -> dict:
+        x = self.dataset.train.x
+        return {
+            "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.device,
+            "threads": torch.get_num_threads(), "data_zero_copy": not x.flags.owndata and not x.flags.writeable,
+        }
+
+    def run(self, key: tuple, broadcast_box: list, tasks: list[ClientTask]) -> float:
+        """Add `tasks` to the running sum for `key` (round, attempt); returns busy seconds."""
+        start = time.perf_counter()
+        if key != self.key:
+            # The broadcast arrives boxed so Ray passes the reference, fetched once per round.
+            self.key, self.partial, self.clients = key, Partial(), 0
+            self.broadcast = ray.get(broadcast_box[0])
+        self.partial = self.partial + self.runner.run(tasks, self.broadcast)
+        self.clients += len(tasks)
+        busy = time.perf_counter() - start
+        if self.metrics is not None:
+            self.metrics.record(len(tasks), busy)
+        return busy
+
+    def finish(self, key: tuple) -> tuple[int, Partial]:
+        """The clients summed for `key` and their Partial; the worker forgets both."""
+        if key != self.key:  # e.g. a replacement that never saw this round's calls
+            return 0, Partial()
+        out = (self.clients, self.partial)
+        self.key, self.partial, self.clients, self.broadcast = None, Partial(), 0, None
+        return out
+
+
+def _worker_metrics(index: int):
+    """Ray metrics per worker (never per client); absent where the telemetry module is not installed."""
+    try:
+        from raysim.telemetry.ray_metrics import WorkerMetrics
+    except ImportError:
+        return None
+    return WorkerMetrics(str(index))
+
+
+@ray.remote(num_cpus=0)
+def _merge(*partials: Partial) -> Partial:
+    return merge_all(list(partials))
+
+
+def tree_reduce(refs: list, fan_in: int):
+    """Merge partial references in fixed order, `fan_in` at a time, level by level; returns the root's reference."""
+    if not refs:
+        return ray.put(Partial())
+    while len(refs) > 1:
+        refs = [refs[i] if len(refs[i:i + fan_in]) == 1 else _merge.remote(*refs[i:i + fan_in])
+                for i in range(0, len(refs), fan_in)]
+    return refs[0]
+
+
+def predicted_cost(tasks: Sequence[ClientTask], train_sizes: np.ndarray, holdout_sizes: np.ndarray) -> np.ndarray:
+    """Real compute a worker spends per task, in example-equivalents: data size times epochs.
+
+    Device profiles do not enter: they throttle simulated time, while a worker
+    spends the same real time on a client whichever phone it stands for."""
+    return np.array([
+        CLIENT_OVERHEAD_EXAMPLES + (holdout_sizes[t.client] if t.kind == "evaluate" else train_sizes[t.client] * t.epochs)
+        for t in tasks
+    ], dtype=float)
+
+
+def balance(costs: np.ndarray, workers: int) -> list[list[int]]:
+    """Longest-processing-time-first: each task (dearest first, ties by position) onto the
+    least-loaded worker (ties to the lowest index). Each worker's tasks stay in their
+    original order so its running sum does not depend on the cost ranking."""
+    loads = np.zeros(workers)
+    assigned: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        w = int(np.argmin(loads))
+        loads[w] += costs[i]
+        assigned[w].append(i)
+    return [sorted(a) for a in assigned]
+
+
+def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
+    """Workers that fit the cluster: CPUs / cpus-per-worker, and GPUs / gpus-per-worker when GPUs are asked for."""
+    if cfg.num_workers is not None:
+        return cfg.num_workers
+    fit = int(resources.get("CPU", 0) // cfg.num_cpus_per_worker)
+    if cfg.num_gpus_per_worker > 0:
+        gpus = resources.get("GPU", 0)
+        if gpus <= 0:
+            raise ValueError(f"backend.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has no GPU")
+        fit = min(fit, int(round(gpus / cfg.num_gpus_per_worker, 6)))
+    if fit < 1:
+        raise ValueError(
+            f"the Ray cluster ({resources.get('CPU', 0):g} CPUs) fits no worker of "
+            f"backend.num_cpus_per_worker={cfg.num_cpus_per_worker:g}"
+        )
+    return fit
+
+
+@dataclass
+class _WorkerRound:
+    """The driver's view of one worker during one round."""
+
+    tasks: list[ClientTask]
+    attempt: int = 0
+    next_call: int = 0  # index into chunks
+    in_flight: int = 0
+    busy_s: float = 0.0
+    finished: object = None  # (count ref, partial ref) once `finish` was submitted
+    failed_reason: str | None = None
+    chunks: list[list[ClientTask]] = field(default_factory=list)
+
+
+class RayBackend(Backend):
+    def __init__(self, runner_factory: RunnerFactory, dataset: FederatedDataset, cfg: BackendConfig):
+        if not ray.is_initialized():
+            raise RuntimeError("RayBackend needs ray.init() first (raysim.engine.ray_session does it for a run)")
+        self.cfg = cfg
+        self.size = pool_size(cfg, ray.cluster_resources())
+        self.train_sizes = dataset.client_train_sizes()
+        self.holdout_sizes = dataset.holdout_counts
+        self._factory = runner_factory
+        self._dataset_ref = ray.put(dataset)  # once; every worker maps the same buffers
+        self._actor_cls = ray.remote(ClientWorker).options(
+            num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0, max_task_retries=0,
+        )
+        self.workers = [self._spawn(i) for i in range(self.size)]
+        self._round = 0
+        self._pool_info: dict[str, float] = {}
+        self.replaced = 0  # workers replaced after dying, over the backend's life
+
+    def _spawn(self, index: int):
+        return self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
+
+    def _replace(self, index: int) -> None:
+        ray.kill(self.workers[index], no_restart=True)
+        self.workers[index] = self._spawn(index)
+        self.replaced += 1
+
+    def worker_info(self) -> list[dict]:
+        return ray.get([w.info.remote() for w in self.workers])
+
+    def pool_info(self) -> dict[str, float]:
+        return dict(self._pool_info)
+
+    def close(self) -> None:
+        for w in self.workers:
+            ray.kill(w, no_restart=True)
+        self.workers = []
+
+    def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
+        start = time.perf_counter()
+        self._round += 1
+        replaced_before = self.replaced
+        if not tasks:
+            return Partial()
+        box = [ray.put(broadcast)]  # once per round, passed by reference
+        costs = predicted_cost(tasks, self.train_sizes, self.holdout_sizes)
+        states = [_WorkerRound([tasks[i] for i in idx]) for idx in balance(costs, self.size)]
+        for w, st in enumerate(states):
+            self._restart_round(w, st)
+        pending: dict = {}  # ref -> (worker, attempt, "run" | "finish")
+        for w in range(self.size):
+            self._feed(w, states[w], box, pending)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            w, attempt, what = pending.pop(ref)
+            st = states[w]
+            if attempt != st.attempt:
+                continue  # a reply from a worker already replaced
+            try:
+                value = ray.get(ref)
+            except RayActorError as exc:
+                self._worker_died(w, st, exc, pending, box)
+                continue
+            if what == "run":
+                st.in_flight -= 1
+                st.busy_s += value
+                self._feed(w, st, box, pending)
+            elif value != len(st.tasks):  # count from `finish`
+                self._worker_died(w, st, RuntimeError(f"worker summed {value} of {len(st.tasks)} clients"),
+                                  pending, box)
+        leaves = [st.finished[1] for st in states if st.finished is not None and st.failed_reason is None]
+        partial = ray.get(tree_reduce(leaves, self.cfg.fan_in))
+        for st in states:
+            if st.failed_reason is not None:
+                partial = partial + _failed(st.tasks, st.failed_reason)
+        wall = time.perf_counter() - start
+        self._pool_info = {"workers": float(self.size),
+                           "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (self.size * wall)),
+                           "workers_replaced": float(self.replaced - replaced_before)}
+        return partial
+
+    def _restart_round(self, w: int, st: _WorkerRound) -> None:
+        size = self.cfg.clients_per_call
+        st.chunks = [st.tasks[i:i + size] for i in range(0, len(st.tasks), size)]
+        st.next_call, st.in_flight, st.finished = 0, 0, None
+
+    def _feed(self, w: int, st: _WorkerRound, box: list, pending: dict) -> None:
+        """Keep PIPELINE_DEPTH calls queued on worker `w`; after the last chunk, ask for its partial."""
+        if st.failed_reason is not None or st.finished is not None:
+            return
+        key = (self._round, st.attempt)
+        actor = self.workers[w]
+        while st.in_flight < PIPELINE_DEPTH and st.next_call < len(st.chunks):
+            ref = actor.run.remote(key, box, st.chunks[st.next_call])
+            pending[ref] = (w, st.attempt, "run")
+            st.next_call += 1
+            st.in_flight += 1
+        if st.next_call == len(st.chunks) and st.in_flight == 0:
+            count_ref, partial_ref = actor.finish.options(num_returns=2).remote(key)
+            st.finished = (count_ref, partial_ref)
+            pending[count_ref] = (w, st.attempt, "finish")
+
+    def _worker_died(self, w: int, st: _WorkerRound, exc: Exception, pending: dict, box: list) -> None:
+        self._replace(w)
+        st.attempt += 1
+        if st.attempt > self.cfg.max_retries:
+            st.failed_reason = f"worker {w} died {st.attempt} times this round (last: {type(exc).__name__})"
+            return
+        self._restart_round(w, st)
+        self._feed(w, st, box, pending)
+
+
+def _failed(tasks: Sequence[ClientTask], reason: str) -> Partial:
+    out = Partial()
+    for t in tasks:
+        out.failures.append(ClientFailure(t.round, t.client, t.kind, reason))
+        out.tally.add(**{f"{t.kind}_failed": 1})
+    return out
+
+
+@contextmanager
+def ray_session(cfg: BackendConfig, dashboard: bool = False):
+    """Join the cluster the run should use for as long as the run lasts.
+
+    An already initialised Ray (a test session, a notebook) is used as it is and left
+    running. Otherwise `backend.address`, else $RAY_ADDRESS (set by `ray job submit`),
+    names a cluster to join; with neither, a local instance is started and stopped
+    (with its dashboard, on loopback, when `dashboard`)."""
+    if ray.is_initialized():
+        yield
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+    else:
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,241 @@
+"""The Ray backend against the in-process reference: same aggregate, placement, retries."""
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import ray.cloudpickle
+import torch
+
+from raysim.data.loading import load_federated_dataset
+from raysim.devices import Population
+from raysim.engine.api import ClientTask
+from raysim.engine.backend import InProcessBackend
+from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
+from raysim.engine.stats import Partial, WeightedSum, merge_all
+from raysim.experiment import build_runner, execute, new_run
+from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
+from raysim.results.round_log import read_rounds
+
+# Workers cannot import this test module: ship its functions by value.
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+def _round(cfg, clients=None):
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
+    runner = build_runner(cfg, pop, ds)
+    state = runner.algorithm.init_state(runner.model_factory(None).state_dict())
+    plan = runner.algorithm.configure_round(state, 0, clients or list(range(ds.num_clients)))
+    return ds, pop, InProcessBackend(runner, threads=1), plan
+
+
+def _assert_same_aggregate(got: Partial, want: Partial):
+    assert got.tally.sums == pytest.approx(want.tally.sums, rel=1e-12)
+    assert got.tally.maxes == want.tally.maxes
+    assert got.stats.keys() == want.stats.keys()
+    for name, s in want.stats.items():
+        assert got.stats[name].weight == s.weight
+        for k, v in s.total.items():
+            # float64 sums grouped per worker: equal far below float32 resolution
+            torch.testing.assert_close(got.stats[name].total[k], v, rtol=1e-12, atol=1e-15)
+
+
+def _crashing_runner(cfg, population, marker, crash_client, dataset, device):
+    """A runner whose worker process dies (os._exit) on `crash_client`; only once when `marker` is a path."""
+    runner = build_runner(cfg, population, dataset, device)
+    real = runner.algorithm.client_update
+
+    def update(model, data, task, broadcast):
+        if task.client == crash_client and (marker is None or not os.path.exists(marker)):
+            if marker is not None:
+                Path(marker).touch()
+            os._exit(1)
+        return real(model, data, task, broadcast)
+
+    runner.algorithm.client_update = update
+    return runner
+
+
+def _backend(cfg, ds, factory, **overrides):
+    return RayBackend(factory, ds, cfg.backend.model_copy(update=overrides))
+
+
+def test_ray_aggregate_equals_in_process_aggregate(small_config):
+    cfg = small_config(data={"num_clients": 20}, backend={"name": "ray", "num_workers": 2, "clients_per_call": 3})
+    ds, pop, runner, plan = _round(cfg)
+    want = runner.run(plan.tasks, plan.broadcast)
+    backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
+    try:
+        got = backend.run(plan.tasks, plan.broadcast)
+        info = backend.worker_info()
+        assert backend.pool_info()["workers"] == 2 and 0 < backend.pool_info()["busy_fraction"] <= 1
+    finally:
+        backend.close()
+    assert got.tally.get("train_done") == len(plan.tasks) == 20
+    _assert_same_aggregate(got, want)
+    # Data read from the object store in place, torch pinned to each worker's one CPU.
+    assert all(i["data_zero_copy"] and i["threads"] == 1 and i["device"] == "cpu" for i in info)
+    assert len({i["pid"] for i in info}) == 2
+
+
+def test_worker_dying_mid_round_is_replaced_and_its_clients_rerun_once(small_config, tmp_path):
+    cfg = small_config(data={"num_clients": 16}, backend={"name": "ray", "num_workers": 2, "clients_per_call": 2})
+    ds, pop, runner, plan = _round(cfg)
+    want = runner.run(plan.tasks, plan.broadcast)
+    crash_client = plan.tasks[9].client  # mid-way through some worker's list
+    marker = str(tmp_path / "crashed")
+    backend = _backend(cfg, ds, lambda d, dev: _crashing_runner(cfg, pop, marker, crash_client, d, dev))
+    try:
+        got = backend.run(plan.tasks, plan.broadcast)
+        assert backend.pool_info()["workers_replaced"] == 1
+        again = backend.run(plan.tasks, plan.broadcast)  # the replacement serves later rounds
+    finally:
+        backend.close()
+    assert os.path.exists(marker)
+    assert got.failures == [] and got.tally.get("train_failed") == 0
+    _assert_same_aggregate(got, want)  # nothing lost, nothing counted twice
+    _assert_same_aggregate(again, want)
+
+
+def test_worker_dying_every_time_fails_its_clients_after_bounded_retries(small_config):
+    cfg = small_config(data={"num_clients": 12},
+                       backend={"name": "ray", "num_workers": 2, "clients_per_call": 2, "max_retries": 1})
+    ds, pop, runner, plan = _round(cfg)
+    crash_client = plan.tasks[5].client
+    backend = _backend(cfg, ds, lambda d, dev: _crashing_runner(cfg, pop, None, crash_client, d, dev))
+    try:
+        got = backend.run(plan.tasks, plan.broadcast)
+        assert backend.pool_info()["workers_replaced"] == 2  # first death + one retry
+    finally:
+        backend.close()
+    t = got.tally
+    failed = sorted(f.client for f in got.failures)
+    assert crash_client in failed and "died 2 times" in got.failures[0].reason
+    assert 0 < len(failed) < len(plan.tasks)
+    assert t.get("train_done") + t.get("train_failed") == len(plan.tasks)  # every client accounted once
+    assert t.sums.pop("train_failed") == len(failed)
+    # The surviving worker's clients aggregate exactly as they would alone.
+    survivors = [task for task in plan.tasks if task.client not in failed]
+    _assert_same_aggregate(got, runner.run(survivors, plan.broadcast))
+
+
+def test_fractional_gpu_workers_share_the_declared_gpus(small_config):
+    cfg = small_config(backend={"name": "ray", "num_cpus_per_worker": 0.5, "num_gpus_per_worker": 0.5})
+    ds, pop, _, _ = _round(cfg)
+    backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
+    try:
+        info = backend.worker_info()
+    finally:
+        backend.close()
+    assert backend.size == 4  # 2 fake GPUs / 0.5, and 2 CPUs / 0.5
+    assert Counter(g for i in info for g in i["gpu_ids"]) == {"0": 2, "1": 2}
+    # Fake GPUs have no CUDA behind them: workers fall back to the CPU with one thread.
+    assert all(i["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and i["threads"] == 1 for i in info)
+
+
+def test_pool_size_follows_cluster_resources(small_config):
+    b = small_config().backend
+    assert pool_size(b.model_copy(update={"num_cpus_per_worker": 1.0}), {"CPU": 8.0}) == 8
+    assert pool_size(b.model_copy(update={"num_gpus_per_worker": 0.25}), {"CPU": 16.0, "GPU": 1.0}) == 4
+    assert pool_size(b.model_copy(update={"num_workers": 3}), {"CPU": 1.0}) == 3
+    with pytest.raises(ValueError, match="no GPU"):
+        pool_size(b.model_copy(update={"num_gpus_per_worker": 0.5}), {"CPU": 4.0})
+    with pytest.raises(ValueError, match="fits no worker"):
+        pool_size(b.model_copy(update={"num_cpus_per_worker": 4.0}), {"CPU": 2.0})
+
+
+def test_balance_spreads_predicted_cost_not_client_counts():
+    sizes = np.array([400, 10, 10, 10, 10, 10, 10, 10, 390])
+    tasks = [ClientTask(0, c, 0, "train", epochs=1) for c in range(len(sizes))]
+    costs = predicted_cost(tasks, sizes, np.zeros_like(sizes))
+    groups = balance(costs, 2)
+    loads = [costs[g].sum() for g in groups]
+    assert sorted(i for g in groups for i in g) == list(range(len(sizes)))
+    assert max(loads) - min(loads) <= costs.max() * 0.1  # round-robin would give 0,2,4,6,8 = 900 vs 100
+    assert (0 in groups[0]) != (8 in groups[0])  # the two big clients split up
+    assert all(g == sorted(g) for g in groups)
+
+
+def test_tree_reduce_is_fixed_order_and_complete():
+    parts = []
+    for i in range(7):
+        p = Partial()
+        p.add_stats({"d": WeightedSum.of({"w": torch.tensor([0.1 * i + 1e-9 * i * i])}, i + 1)})
+        p.tally.add(n=1)
+        parts.append(p)
+    refs = [ray.put(p) for p in parts]
+    a = ray.get(tree_reduce(refs, 3))
+    b = ray.get(tree_reduce(refs, 3))
+    assert torch.equal(a.stats["d"].total["w"], b.stats["d"].total["w"])
+    assert a.tally.get("n") == 7 and a.stats["d"].weight == sum(range(1, 8))
+    want = merge_all([merge_all(parts[0:3]), merge_all(parts[3:6]), parts[6]])
+    assert torch.equal(a.stats["d"].total["w"], want.stats["d"].total["w"])
+
+
+def _final_weights(run_dir):
+    return load_checkpoint(latest_checkpoint(run_dir)).weights
+
+
+@pytest.mark.parametrize("algorithm, model", [("fedavg", {"name": "logreg"}),
+                                              ("autoflip", {"name": "mlp", "hidden": 16})])
+def test_a_run_on_ray_matches_the_in_process_run(small_config, algorithm, model):
+    extra = dict(rounds=3, model=model, algorithm={"name": algorithm, "pruning": {"ramp_rounds": 2}},
+                 data={"num_clients": 16}, clients={"per_round": 6})
+    results = {}
+    for name in ("inprocess", "ray"):
+        cfg = small_config(backend={"name": name, "num_workers": 2, "clients_per_call": 2}, **extra)
+        run_dir = new_run(cfg)
+        summary = execute(cfg, run_dir)
+        results[name] = (summary, read_rounds(run_dir), _final_weights(run_dir))
+    (s_in, rows_in, w_in), (s_ray, rows_ray, w_ray) = results["inprocess"], results["ray"]
+    for a, b in zip(rows_in, rows_ray, strict=True):
+        for key in ("clients_done", "clients_dropped", "clients_failed", "flops_executed", "bytes_down", "bytes_up"):
+            assert a[key] == b[key], key
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=1e-6)
+    assert all(r["workers"] == 2 for r in rows_ray if r["phase"] == "train")
+    for k, v in w_in.items():
+        torch.testing.assert_close(w_ray[k], v, rtol=1e-5, atol=1e-6)
+
+
+def _kill_first_busy_worker(deadline_s: float, killed: list) -> None:
+    """SIGKILL one of this test's Ray workers while it is inside a `run` call (mid-round)."""
+    me = psutil.Process()
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end and not killed:
+        for proc in me.children(recursive=True):
+            try:
+                if proc.cmdline()[:1] == ["ray::ClientWorker.run"]:
+                    proc.kill()
+                    killed.append(proc.pid)
+                    return
+            except psutil.Error:
+                continue
+        time.sleep(0.005)
+
+
+def test_killing_a_worker_during_a_run_costs_a_retry_not_the_run(small_config):
+    extra = dict(rounds=4, data={"num_clients": 24}, clients={"per_round": 12, "local_epochs": 3})
+    ray_cfg = small_config(backend={"name": "ray", "num_workers": 2, "clients_per_call": 1}, **extra)
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_first_busy_worker, args=(120.0, killed), daemon=True)
+    killer.start()
+    ray_dir = new_run(ray_cfg)
+    execute(ray_cfg, ray_dir)
+    killer.join(timeout=1)
+    assert killed, "the run ended before a worker could be killed"
+    rows = read_rounds(ray_dir)
+    assert sum(r["workers_replaced"] for r in rows) == 1
+    assert all(r["clients_failed"] == 0 and r["clients_done"] == r["clients_sampled"] for r in rows)
+    ref_cfg = small_config(**extra)  # in-process
+    ref_dir = new_run(ref_cfg)
+    execute(ref_cfg, ref_dir)
+    for k, v in _final_weights(ref_dir).items():
+        torch.testing.assert_close(_final_weights(ray_dir)[k], v, rtol=1e-5, atol=1e-6)
