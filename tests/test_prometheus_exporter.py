@@ -200,39 +200,32 @@ def test_a_failing_run_still_releases_the_metrics_port(small_config, tmp_path):
     again.close()
 
 
-def test_ray_exports_worker_counters_under_these_names():
-    ray = pytest.importorskip("ray")
+def test_ray_exports_worker_counters_under_these_names(ray_cluster):
+    ray = ray_cluster
     from raysim.telemetry.ray_metrics import BUSY_SECONDS, CLIENT_UPDATES, EXPORTED_NAMES, WorkerMetrics
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    assert not ray.is_initialized()
-    # Reporting every 0.5 s instead of Ray's default 10 s keeps this test at seconds.
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False,
-             _metrics_export_port=port, _system_config={"metrics_report_interval_ms": 500})
-    try:
-        @ray.remote(num_cpus=0)
-        class Worker:
-            def __init__(self):
-                self.metrics = WorkerMetrics("w7")
+    node = ray.nodes()[0]
+    port = node["MetricsExportPort"]
 
-            def run(self):
-                self.metrics.record(3, 1.5)
-                self.metrics.record(0, 0.0)  # an idle call: Ray's Counter.inc would reject 0
-                self.metrics.record(2, 0.25)
+    @ray.remote(num_cpus=0)
+    class Worker:
+        def __init__(self):
+            self.metrics = WorkerMetrics("w7")
 
-        ray.get(Worker.remote().run.remote())
-        want = {EXPORTED_NAMES[CLIENT_UPDATES]: 5.0, EXPORTED_NAMES[BUSY_SECONDS]: 1.75}
-        deadline = time.monotonic() + 30
-        got = {}
-        while time.monotonic() < deadline and got != want:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-            got = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
-                   if s.name in want and s.labels.get("worker") == "w7"}
-            time.sleep(0.25)
-        assert got == want
-        with pytest.raises(ValueError, match="must be >= 0"):
-            WorkerMetrics("driver").record(-1, 0.0)
-    finally:
-        ray.shutdown()
+        def run(self):
+            self.metrics.record(3, 1.5)
+            self.metrics.record(0, 0.0)  # an idle call: Ray's Counter.inc would reject 0
+            self.metrics.record(2, 0.25)
+
+    ray.get(Worker.remote().run.remote())
+    want = {EXPORTED_NAMES[CLIENT_UPDATES]: 5.0, EXPORTED_NAMES[BUSY_SECONDS]: 1.75}
+    deadline = time.monotonic() + 30
+    got = {}
+    while time.monotonic() < deadline and got != want:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        got = {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples
+               if s.name in want and s.labels.get("worker") == "w7"}
+        time.sleep(0.25)
+    assert got == want
+    with pytest.raises(ValueError, match="must be >= 0"):
+        WorkerMetrics("driver").record(-1, 0.0)

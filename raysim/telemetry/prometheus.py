@@ -82,11 +82,12 @@ class PrometheusExporter(Callback):
         }
         gauge("raysim_population_clients", "clients in the population").labels(**run).set(population)
         self._run = run
-        # Counters start at 0 for the training phase so rate() and increase() see a start.
-        for outcome in OUTCOMES:
-            self.clients.labels(**run, outcome=outcome, phase="train")
-        for c in (self.bytes_down, self.bytes_up, self.flops_exec, self.flops_eff):
-            c.labels(**run, phase="train")
+        # Counters start at 0 for both phases so rate() and increase() see a start.
+        for phase in ("train", "explore"):
+            for outcome in OUTCOMES:
+                self.clients.labels(**run, outcome=outcome, phase=phase)
+            for c in (self.bytes_down, self.bytes_up, self.flops_exec, self.flops_eff):
+                c.labels(**run, phase=phase)
 
         try:
             self._server, self._thread = start_http_server(cfg.port, addr=cfg.host, registry=self.registry)
