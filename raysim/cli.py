@@ -21,9 +21,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", metavar="ADDR",
                      help="Ray cluster to run on (same as --set backend.address=ADDR; default: $RAY_ADDRESS, "
                           "else a local Ray instance for the run)")
-    from raysim.benchmarks.savings import add_bench_parser
+    from raysim.benchmarks import add_bench_parsers
 
-    add_bench_parser(sub)
+    add_bench_parsers(sub)
     return p
 
 
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "bench":
-            from raysim.benchmarks.savings import bench_main
+            from raysim.benchmarks import bench_main
 
             return bench_main(args)
         return _run(args)

@@ -53,6 +53,14 @@ class SyntheticConfig(_Section):
     dimension: int = Field(60, ge=1)
     num_classes: int = Field(10, ge=2)
     mean_samples: float = Field(4.0, gt=0, description="log-normal mean of samples per user (log scale)")
+    min_samples: int = Field(20, ge=2, description="samples per user are clipped to [min_samples, max_samples]")
+    max_samples: int = Field(1000, ge=2)
+
+    @model_validator(mode="after")
+    def _sample_range(self) -> "SyntheticConfig":
+        if self.min_samples > self.max_samples:
+            raise ValueError(f"min_samples={self.min_samples} exceeds max_samples={self.max_samples}")
+        return self
     test_fraction: float = Field(0.2, gt=0, lt=1)
 
 

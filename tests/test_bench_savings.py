@@ -7,8 +7,13 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from raysim.benchmarks import add_bench_parsers, bench_main
 from raysim.benchmarks.savings import (
-    add_bench_parser, aggregate_method, bench_main, check_targets, choose_rounds, measure_run, order_methods,
+    aggregate_method,
+    check_targets,
+    choose_rounds,
+    measure_run,
+    order_methods,
 )
 from raysim.config import ConfigError
 
@@ -81,7 +86,7 @@ def test_method_order_puts_fedavg_then_autoflip_first():
 
 def _parse(argv):
     parser = argparse.ArgumentParser(prog="raysim")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    add_bench_parsers(parser.add_subparsers(dest="command", required=True))
     return parser.parse_args(argv)
 
 
@@ -94,6 +99,7 @@ def tiny_base(tmp_path):
         "clients": {"per_round": 4, "local_epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.05}},
         "algorithm": {"pruning": {"explore_fraction": 0.5, "explore_epochs": 1}},
         "eval": {"every": 1, "clients": False},
+        "backend": {"name": "inprocess"},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(base))

@@ -14,10 +14,10 @@ from conftest import write_leaf
 from raysim.config import DataConfig, SyntheticConfig
 from raysim.data.cifar import load_cifar
 from raysim.data.errors import DataError
-from raysim.data.idx import load_idx_dataset, read_idx, idx_format
+from raysim.data.idx import idx_format, load_idx_dataset, read_idx
 from raysim.data.leaf import OOV_INDEX, SHAKESPEARE_VOCABULARY, load_leaf
 from raysim.data.loading import DATA_DIR_ENV, default_data_path, load_federated_dataset
-from raysim.data.synthetic import MAX_SAMPLES_PER_USER, MIN_SAMPLES_PER_USER, generate_synthetic
+from raysim.data.synthetic import generate_synthetic
 
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_NAMES = {
@@ -407,7 +407,7 @@ def test_synthetic_is_seeded_and_shaped():
     per_user_train = np.bincount(first.train_users, minlength=12)
     assert (per_user_train > 0).all() and len(per_user_train) == 12
     total = len(first.train) + len(first.test)
-    assert 12 * MIN_SAMPLES_PER_USER <= total <= 12 * MAX_SAMPLES_PER_USER
+    assert 12 * cfg.min_samples <= total <= 12 * cfg.max_samples
     assert abs(len(first.test) / total - 0.25) < 0.05
 
 
@@ -417,7 +417,11 @@ def test_synthetic_labels_are_learnable():
     assert len(np.unique(data.train.y)) == 3
     # Labels are a linear function of x per user: least squares on one user's one-hot labels
     # must beat always guessing that user's most common label.
-    rows = data.train_users == np.bincount(data.train_users).argmax()
+    # (on the user whose labels are most mixed, so the majority guess is not already perfect)
+    def majority_share(u):
+        return np.bincount(data.train.y[data.train_users == u]).max() / np.sum(data.train_users == u)
+
+    rows = data.train_users == min(np.unique(data.train_users), key=majority_share)
     x, y = data.train.x[rows].astype(np.float64), data.train.y[rows]
     design = np.hstack([x, np.ones((len(x), 1))])
     coef, *_ = np.linalg.lstsq(design, np.eye(3)[y], rcond=None)

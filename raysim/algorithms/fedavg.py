@@ -12,10 +12,22 @@ import json
 
 from torch import nn
 
-from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
+from raysim.algorithms.server_update import (
+    MOMENTUM_PREFIX,
+    apply_server_update,
+    is_trainable_state,
+)
 from raysim.config import ExperimentConfig
 from raysim.costs.payload import decode, encode_masked
-from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, FederatedAlgorithm, RoundPlan, ServerState
+from raysim.engine.api import (
+    Broadcast,
+    ClientData,
+    ClientTask,
+    ClientUpdate,
+    FederatedAlgorithm,
+    RoundPlan,
+    ServerState,
+)
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors, WeightedSum
 from raysim.engine.training import local_train

@@ -9,7 +9,6 @@ rounds.parquet; nothing is estimated except the time plan.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import statistics
@@ -21,11 +20,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from raysim.config import ALGORITHMS, ConfigError, ExperimentConfig, config_from_dict, load_config
+from raysim.benchmarks.common import prepare_out, write_result
+from raysim.config import (
+    ALGORITHMS,
+    ConfigError,
+    ExperimentConfig,
+    config_from_dict,
+    load_config,
+)
 from raysim.engine.sampling import cohort_size
 from raysim.experiment import execute, new_run
 from raysim.results.round_log import read_rounds
-from raysim.results.run_dir import write_atomic
 from raysim.results.summary import MEASURED
 
 SAVINGS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "savings.yaml"
@@ -313,12 +318,6 @@ def equivalent_command(out: Path, budget_minutes: float, seeds: list[int], round
     return shlex.join(argv)
 
 
-def prepare_out(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"--out {out}: not empty; the benchmark never overwrites an earlier result")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def run_savings(out: Path, budget_minutes: float, seeds: list[int], rounds: int | None, methods: list[str] | None,
                 base_config: Path | None) -> dict:
     """Run benchmark S into `out` and return what comparison.json holds."""
@@ -459,8 +458,7 @@ def plot(curves: dict, x_key: str, x_label: str, path: Path, n_seeds: int) -> No
 
 
 def write_reports(result: dict, out: Path) -> None:
-    write_atomic(out / "comparison.json", json.dumps(result, indent=2, allow_nan=False).encode())
-    write_atomic(out / "comparison.md", markdown(result).encode())
+    write_result(out, "comparison", result, markdown(result))
     for name, (x_key, x_label) in PLOTS.items():
         plot(result["curves"], x_key, x_label, out / f"{name}.png", len(result["seeds"]))
 
@@ -493,10 +491,7 @@ def print_headline(result: dict, console: Console) -> None:
 
 # ---------------------------------------------------------------- CLI
 
-def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """`raysim bench savings ...`; dispatch parsed args with command == 'bench' to bench_main."""
-    bench = sub.add_parser("bench", help="run a benchmark of docs/benchmarks.md")
-    which = bench.add_subparsers(dest="benchmark", required=True)
+def add_savings_parser(which: argparse._SubParsersAction) -> None:
     s = which.add_parser("savings", help="benchmark S: AutoFLIP's savings against FedAvg on Fashion-MNIST")
     s.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget; rounds and seeds are fitted to it (default 30)")
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run, in order, while the budget lasts (default 0 1 2)")
@@ -505,10 +500,9 @@ def add_bench_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser
                    help=f"of {', '.join(ALGORITHMS)} (default: all); fedavg is always run")
     s.add_argument("--out", type=Path, help="output folder, new or empty (default: results/savings-<timestamp>)")
     s.add_argument("--config", type=Path, help=f"base experiment config (default: the embedded {SAVINGS_CONFIG.name})")
-    return bench
 
 
-def bench_main(args: argparse.Namespace) -> int:
+def savings_main(args: argparse.Namespace) -> int:
     out = args.out or Path("results") / f"savings-{time.strftime('%Y%m%d-%H%M%S')}"
     run_savings(out, args.budget_minutes, args.seeds, args.rounds, args.methods, args.config)
     return 0

@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
-from torch.utils.hooks import RemovableHandle
 from torch.utils._pytree import tree_leaves, tree_map_only
 from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.hooks import RemovableHandle
 
 # Examples per probe run; per-example FLOPs do not depend on it, and 2 keeps
 # BatchNorm in training mode well defined.
