@@ -16,7 +16,13 @@ from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.api import ClientTask
 from raysim.engine.backend import InProcessBackend
-from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
+from raysim.engine.ray_backend import (
+    RayBackend,
+    balance,
+    pool_size,
+    predicted_cost,
+    tree_reduce,
+)
 from raysim.engine.stats import Partial, WeightedSum, merge_all
 from raysim.experiment import build_runner, execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -164,6 +170,11 @@ def test_balance_spreads_predicted_cost_not_client_counts():
     assert all(g == sorted(g) for g in groups)
 
 
+@ray.remote(num_cpus=0)
+def _merge_task(*partials):
+    return merge_all(list(partials))
+
+
 def test_tree_reduce_is_fixed_order_and_complete():
     parts = []
     for i in range(7):
@@ -172,8 +183,15 @@ def test_tree_reduce_is_fixed_order_and_complete():
         p.tally.add(n=1)
         parts.append(p)
     refs = [ray.put(p) for p in parts]
-    a = ray.get(tree_reduce(refs, 3))
-    b = ray.get(tree_reduce(refs, 3))
+    nodes = []
+
+    def merge(node, group):
+        nodes.append((node, len(group)))
+        return _merge_task.remote(*group)
+
+    a = ray.get(tree_reduce(refs, 3, merge))
+    assert nodes == [(0, 3), (1, 3), (3, 3)]  # 7 leaves: two full groups, the last leaf passes up, then the root
+    b = ray.get(tree_reduce(refs, 3, merge))
     assert torch.equal(a.stats["d"].total["w"], b.stats["d"].total["w"])
     assert a.tally.get("n") == 7 and a.stats["d"].weight == sum(range(1, 8))
     want = merge_all([merge_all(parts[0:3]), merge_all(parts[3:6]), parts[6]])
@@ -193,9 +211,9 @@ def test_a_run_on_ray_matches_the_in_process_run(small_config, algorithm, model)
     for name in ("inprocess", "ray"):
         cfg = small_config(backend={"name": name, "num_workers": 2, "clients_per_call": 2}, **extra)
         run_dir = new_run(cfg)
-        summary = execute(cfg, run_dir)
-        results[name] = (summary, read_rounds(run_dir), _final_weights(run_dir))
-    (s_in, rows_in, w_in), (s_ray, rows_ray, w_ray) = results["inprocess"], results["ray"]
+        execute(cfg, run_dir)
+        results[name] = (read_rounds(run_dir), _final_weights(run_dir))
+    (rows_in, w_in), (rows_ray, w_ray) = results["inprocess"], results["ray"]
     for a, b in zip(rows_in, rows_ray, strict=True):
         for key in ("clients_done", "clients_dropped", "clients_failed", "flops_executed", "bytes_down", "bytes_up"):
             assert a[key] == b[key], key

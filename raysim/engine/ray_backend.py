@@ -74,12 +74,17 @@ class ClientWorker:
             # The broadcast arrives boxed so Ray passes the reference, fetched once per round.
             self.key, self.partial, self.clients = key, Partial(), 0
             self.broadcast = ray.get(broadcast_box[0])
-        self.partial = self.partial + self.runner.run(tasks, self.broadcast)
+        self.runner.run(tasks, self.broadcast, into=self.partial)
         self.clients += len(tasks)
         busy = time.perf_counter() - start
         if self.metrics is not None:
             self.metrics.record(len(tasks), busy)
         return busy
+
+    def merge(self, *partials: Partial) -> Partial:
+        """One node of the aggregation tree. Merges run on the pool's own (already started,
+        idle at round end) actors: a plain Ray task would start a fresh process to do it."""
+        return merge_all(list(partials))
 
     def finish(self, key: tuple) -> tuple[int, Partial]:
         """The clients summed for `key` and their Partial; the worker forgets both."""
@@ -99,18 +104,20 @@ def _worker_metrics(index: int):
     return WorkerMetrics(str(index))
 
 
-@ray.remote(num_cpus=0)
-def _merge(*partials: Partial) -> Partial:
-    return merge_all(list(partials))
-
-
-def tree_reduce(refs: list, fan_in: int):
-    """Merge partial references in fixed order, `fan_in` at a time, level by level; returns the root's reference."""
+def tree_reduce(refs: list, fan_in: int, merge: Callable[[int, list], object]):
+    """Merge partial references in fixed order, `fan_in` at a time, level by level; returns
+    the root's reference. `merge(node, group)` submits one tree node: a Ray task merging
+    `group` (references, resolved where it runs) and returning the merged Partial's reference."""
     if not refs:
         return ray.put(Partial())
+    node = 0
     while len(refs) > 1:
-        refs = [refs[i] if len(refs[i:i + fan_in]) == 1 else _merge.remote(*refs[i:i + fan_in])
-                for i in range(0, len(refs), fan_in)]
+        level = []
+        for i in range(0, len(refs), fan_in):
+            group = refs[i:i + fan_in]
+            level.append(group[0] if len(group) == 1 else merge(node, group))
+            node += 1
+        refs = level
     return refs[0]
 
 
@@ -241,7 +248,7 @@ class RayBackend(Backend):
                 self._worker_died(w, st, RuntimeError(f"worker summed {value} of {len(st.tasks)} clients"),
                                   pending, box)
         leaves = [st.finished[1] for st in states if st.finished is not None and st.failed_reason is None]
-        partial = ray.get(tree_reduce(leaves, self.cfg.fan_in))
+        partial = self._reduce(leaves)
         for st in states:
             if st.failed_reason is not None:
                 partial = partial + _failed(st.tasks, st.failed_reason)
@@ -250,6 +257,30 @@ class RayBackend(Backend):
                            "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (self.size * wall)),
                            "workers_replaced": float(self.replaced - replaced_before)}
         return partial
+
+    def _reduce(self, leaves: list) -> Partial:
+        """The tree merge on the pool; a worker dying mid-merge is replaced and the merge redone
+        from the leaves, which live in the object store, not in the workers."""
+        for attempt in range(self.cfg.max_retries + 1):
+            try:
+                return ray.get(tree_reduce(leaves, self.cfg.fan_in,
+                                           lambda node, group: self.workers[node % self.size].merge.remote(*group)))
+            except RayActorError:
+                if attempt == self.cfg.max_retries:
+                    raise
+                for w in self._dead_workers():
+                    self._replace(w)
+        raise AssertionError("unreachable")
+
+    def _dead_workers(self) -> list[int]:
+        pings = {w.info.remote(): i for i, w in enumerate(self.workers)}
+        dead = []
+        for ref, i in pings.items():
+            try:
+                ray.get(ref)
+            except RayActorError:
+                dead.append(i)
+        return dead
 
     def _restart_round(self, w: int, st: _WorkerRound) -> None:
         size = self.cfg.clients_per_call

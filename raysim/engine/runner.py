@@ -78,8 +78,10 @@ class ClientRunner:
         train = self.dataset.train
         return ClientData(torch.from_numpy(train.x[rows]).to(self.device), torch.from_numpy(train.y[rows]).to(self.device))
 
-    def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
-        partial = Partial()
+    def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast, into: Partial | None = None) -> Partial:
+        """Run `tasks` and sum them into `into` in place (a worker's running sum for the round),
+        or into a new Partial; returns it."""
+        partial = Partial() if into is None else into
         broadcast = self._on_device(broadcast)
         densities = layer_densities(broadcast.masks)
         for task in tasks:

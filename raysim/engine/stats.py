@@ -23,11 +23,23 @@ class WeightedSum:
 
     @classmethod
     def of(cls, tensors: Tensors, weight: float) -> "WeightedSum":
-        return cls({k: v.detach().to(torch.float64) * weight for k, v in tensors.items()}, float(weight))
+        return cls({k: v.detach().to(torch.float64, copy=True).mul_(weight) for k, v in tensors.items()},
+                   float(weight))
 
-    def __add__(self, other: "WeightedSum") -> "WeightedSum":
+    def add_(self, other: "WeightedSum") -> "WeightedSum":
+        """In place: for a sum this partial owns (one allocation per round, not per client)."""
+        self._check_same(other)
+        for k, v in self.total.items():
+            v.add_(other.total[k])
+        self.weight += other.weight
+        return self
+
+    def _check_same(self, other: "WeightedSum") -> None:
         if self.total.keys() != other.total.keys():
             raise ValueError(f"cannot merge sums over different tensors: {sorted(self.total)} vs {sorted(other.total)}")
+
+    def __add__(self, other: "WeightedSum") -> "WeightedSum":
+        self._check_same(other)
         return WeightedSum({k: v + other.total[k] for k, v in self.total.items()}, self.weight + other.weight)
 
     def mean(self, dtype: torch.dtype = torch.float32) -> Tensors:
@@ -81,14 +93,20 @@ class Partial:
     failures: list[ClientFailure] = field(default_factory=list)
 
     def add_stats(self, stats: dict[str, WeightedSum]) -> None:
-        """Sum `stats` into this partial in place (a worker adding one client)."""
+        """Sum one client's `stats` into this partial in place, taking them over: the first
+        client's sums become the running sums, later ones are added into them."""
         for k, v in stats.items():
-            self.stats[k] = self.stats[k] + v if k in self.stats else v
+            if k in self.stats:
+                self.stats[k].add_(v)
+            else:
+                self.stats[k] = v
 
     def __add__(self, other: "Partial") -> "Partial":
-        out = Partial(dict(self.stats), self.tally + other.tally, self.failures + other.failures)
-        out.add_stats(other.stats)
-        return out
+        """A new Partial; neither operand changes (merges share their inputs' sums)."""
+        stats = dict(self.stats)
+        for k, v in other.stats.items():
+            stats[k] = stats[k] + v if k in stats else v
+        return Partial(stats, self.tally + other.tally, self.failures + other.failures)
 
 
 def merge_all(partials: list[Partial]) -> Partial:
