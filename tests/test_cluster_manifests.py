@@ -1,0 +1,521 @@
+"""The Kubernetes manifests in cluster/, checked offline.
+
+RayCluster and RayJob documents are validated against KubeRay v1.7.0's CRD schemas
+(shared/kuberay-crds, the served version v1) *strictly*: a CRD schema lets unknown
+fields through (the API server prunes them silently, so a misspelt `replica` just
+vanishes), so every object schema that declares `properties` is closed with
+`additionalProperties: false`, as `kubectl apply --validate=strict` would reject them.
+CEL rules (x-kubernetes-validations) are not evaluated here.
+
+Beyond the schema: the RayJob's entrypoint names a config that the image really
+contains, the GPU group's fractional GPUs pack consistently with the pod's GPUs and
+CPUs, token authentication is configured in every Ray container, no service is
+exposed outside the cluster, and the monitoring and network policy fit the ports the
+pods declare.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+
+import jsonschema
+import pytest
+import yaml
+
+from raysim.config import load_config
+from raysim.devices import CATALOGUE
+
+REPO = Path(__file__).resolve().parents[1]
+CLUSTER = REPO / "cluster"
+DOCKERFILE = CLUSTER / "Dockerfile"
+
+
+def _find_crds() -> Path:
+    for base in (REPO, *REPO.parents):
+        candidate = base / "shared" / "kuberay-crds"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError(
+        f"shared/kuberay-crds (KubeRay v1.7.0 CRDs) not found beside or above {REPO}"
+    )
+
+
+CRD_FILES = {"RayCluster": "ray.io_rayclusters.yaml", "RayJob": "ray.io_rayjobs.yaml"}
+RAY_KINDS = set(CRD_FILES)
+SECRET_KEY = "auth_token"  # the key KubeRay reads from authOptions.secretName
+# ObjectMeta fields a manifest may set (metadata is `type: object` with no properties
+# in the CRD, so the schema cannot close it).
+OBJECT_META = {"name", "namespace", "labels", "annotations", "generateName", "finalizers", "ownerReferences"}
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _documents() -> list[tuple[str, int, dict]]:
+    docs = []
+    for path in sorted(CLUSTER.glob("*.yaml")):
+        for i, doc in enumerate(yaml.safe_load_all(path.read_text())):
+            if doc is None:
+                continue
+            assert isinstance(doc, dict), f"{path.name} document {i}: not a mapping"
+            docs.append((path.name, i, doc))
+    return docs
+
+
+DOCS = _documents()
+
+
+def _only(kind: str) -> dict:
+    found = [d for _, _, d in DOCS if d.get("kind") == kind]
+    assert len(found) == 1, f"expected exactly one {kind} in cluster/*.yaml, found {len(found)}"
+    return found[0]
+
+
+def _cluster_specs() -> dict[str, dict]:
+    """The RayCluster spec of each manifest: the RayCluster's and the RayJob's rayClusterSpec."""
+    return {"RayCluster": _only("RayCluster")["spec"], "RayJob": _only("RayJob")["spec"]["rayClusterSpec"]}
+
+
+def _groups(spec: dict) -> list[tuple[str, dict]]:
+    return [("head", spec["headGroupSpec"])] + [(g["groupName"], g) for g in spec["workerGroupSpecs"]]
+
+
+def _is_gpu(group: dict) -> bool:
+    return any("nvidia.com/gpu" in c.get("resources", {}).get("limits", {}) for c in group["template"]["spec"]["containers"])
+
+
+def _gpu_group(spec: dict) -> dict:
+    (gpu,) = [g for g in spec["workerGroupSpecs"] if _is_gpu(g)]
+    return gpu
+
+
+def _ray_containers():
+    """Every container that runs Ray or a Ray client: heads, workers, the submitter."""
+    for owner, spec in _cluster_specs().items():
+        for name, group in _groups(spec):
+            for c in group["template"]["spec"]["containers"]:
+                yield f"{owner} {name} {c['name']}", c
+    submitter = _only("RayJob")["spec"].get("submitterPodTemplate")
+    if submitter:
+        for c in submitter["spec"]["containers"]:
+            yield f"RayJob submitter {c['name']}", c
+
+
+def _cpu_quantity(q) -> float:
+    s = str(q)
+    return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
+
+
+# ---------------------------------------------------------------- strict CRD schemas
+
+
+def strict(schema: dict) -> dict:
+    """The schema with every object that declares `properties` closed to other fields,
+    unless it says otherwise (its own additionalProperties, or
+    x-kubernetes-preserve-unknown-fields). Recurses through properties, items,
+    additionalProperties and the combinators."""
+    out = dict(schema)
+    if "properties" in out:
+        out["properties"] = {name: strict(sub) for name, sub in out["properties"].items()}
+        if "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if isinstance(out.get("additionalProperties"), dict):
+        out["additionalProperties"] = strict(out["additionalProperties"])
+    if isinstance(out.get("items"), dict):
+        out["items"] = strict(out["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in out:
+            out[key] = [strict(sub) for sub in out[key]]
+    if isinstance(out.get("not"), dict):
+        out["not"] = strict(out["not"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def crd_schemas() -> dict[str, dict]:
+    crds = _find_crds()
+    schemas = {}
+    for kind, filename in CRD_FILES.items():
+        crd = yaml.load((crds / filename).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        assert crd["spec"]["names"]["kind"] == kind, f"{filename} defines {crd['spec']['names']['kind']}, not {kind}"
+        (v1,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+        assert v1["served"], f"{filename}: v1 is not served"
+        schemas[kind] = v1["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def _errors(schema: dict, doc: dict) -> list[str]:
+    validator = jsonschema.Draft7Validator(schema)
+    messages = []
+    for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path)):
+        where = ".".join(str(p) for p in err.absolute_path) or "(document)"
+        messages.append(f"{where}: {err.message}")
+    extra = set(doc.get("metadata", {})) - OBJECT_META
+    if extra:
+        messages.append(f"metadata: unknown field(s) {sorted(extra)}; allowed: {sorted(OBJECT_META)}")
+    return messages
+
+
+@pytest.mark.parametrize("kind", sorted(RAY_KINDS))
+def test_ray_manifests_validate_strictly_against_kuberay_crds(kind, crd_schemas):
+    docs = [(f, i, d) for f, i, d in DOCS if d.get("kind") == kind]
+    assert docs, f"no {kind} in cluster/*.yaml"
+    for filename, i, doc in docs:
+        assert doc.get("apiVersion") == "ray.io/v1", f"{filename}[{i}]: apiVersion {doc.get('apiVersion')!r}, want ray.io/v1"
+        errors = _errors(strict(crd_schemas[kind]), doc)
+        assert not errors, f"{filename}[{i}] ({kind}) fails strict validation:\n" + "\n".join(errors)
+
+
+def test_strict_validation_rejects_misspelt_fields(crd_schemas):
+    """The check above must not go soft: misspelt fields at three depths are rejected,
+    though the CRD's own (pruning) schema lets every one of them through."""
+    job = copy.deepcopy(_only("RayJob"))
+    worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    worker["rayStartParam"] = worker.pop("rayStartParams")
+    worker["replica"] = worker.pop("replicas")
+    worker["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    job["spec"]["entrypointt"] = "oops"
+
+    errors = _errors(strict(crd_schemas["RayJob"]), job)
+    expected = {
+        "rayStartParam": "spec.rayClusterSpec.workerGroupSpecs.0:",
+        "replica": "spec.rayClusterSpec.workerGroupSpecs.0:",
+        "imagePullPolicyy": "spec.rayClusterSpec.workerGroupSpecs.0.template.spec.containers.0:",
+        "entrypointt": "spec:",
+    }
+    for field, where in expected.items():
+        assert any(e.startswith(where) and f"'{field}'" in e and "unexpected" in e for e in errors), (
+            f"strict validation missed {field!r} at {where}\n" + "\n".join(errors)
+        )
+
+    assert not _errors(crd_schemas["RayJob"], job), "the unmodified CRD schema was expected to accept unknown fields"
+
+    cluster = copy.deepcopy(_only("RayCluster"))
+    cluster["spec"]["headGroupSpec"]["servicetype"] = "ClusterIP"
+    cluster["metadata"]["label"] = {"a": "b"}
+    errors = _errors(strict(crd_schemas["RayCluster"]), cluster)
+    assert any(e.startswith("spec.headGroupSpec:") and "'servicetype'" in e for e in errors), errors
+    assert "metadata: unknown field(s) ['label']; allowed: " in "\n".join(errors)
+
+
+def test_every_manifest_is_a_named_kubernetes_object():
+    assert {d["kind"] for _, _, d in DOCS} >= {"RayCluster", "RayJob", "NetworkPolicy", "PodMonitor"}
+    for filename, i, doc in DOCS:
+        where = f"{filename}[{i}]"
+        assert isinstance(doc.get("apiVersion"), str) and doc["apiVersion"], f"{where}: no apiVersion"
+        assert isinstance(doc.get("kind"), str) and doc["kind"], f"{where}: no kind"
+        assert isinstance(doc.get("metadata", {}).get("name"), str) and doc["metadata"]["name"], f"{where}: no metadata.name"
+        if doc["kind"] == "Secret":
+            assert not doc.get("data") and not doc.get("stringData"), f"{where}: a token must not be committed"
+
+
+# ---------------------------------------------------------------- cluster shape
+
+
+@pytest.mark.parametrize("owner", ["RayCluster", "RayJob"])
+def test_head_and_two_worker_groups_cpu_and_fractional_gpu(owner):
+    spec = _cluster_specs()[owner]
+    workers = spec["workerGroupSpecs"]
+    assert len(workers) == 2, f"{owner}: want a CPU and a GPU worker group, got {[g['groupName'] for g in workers]}"
+    assert sorted(_is_gpu(g) for g in workers) == [False, True], f"{owner}: want exactly one GPU group"
+    gpu = _gpu_group(spec)
+    for c in gpu["template"]["spec"]["containers"]:
+        limits = c["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) == 1, f"{owner}: the GPU pod should request one whole GPU to share"
+    assert not _is_gpu(spec["headGroupSpec"])
+
+
+@pytest.mark.parametrize("owner", ["RayCluster", "RayJob"])
+def test_worker_groups_map_onto_the_device_profiles(owner):
+    """Each worker group stands for a tier of raysim/devices.py's profiles: together they
+    cover the catalogue exactly once, each carries a Ray node label and a custom Ray
+    resource (valid JSON through KubeRay's quoting) for its pool."""
+    seen: list[str] = []
+    for group in _cluster_specs()[owner]["workerGroupSpecs"]:
+        name = group["groupName"]
+        profiles = group["template"]["metadata"]["annotations"]["raysim.io/device-profiles"].split(",")
+        unknown = set(profiles) - set(CATALOGUE)
+        assert not unknown, f"{owner} {name}: unknown device profiles {sorted(unknown)}; known: {sorted(CATALOGUE)}"
+        seen += profiles
+        pool = group["labels"]["raysim.io/device-pool"]
+        raw = group["rayStartParams"]["resources"]
+        assert raw.startswith('"') and raw.endswith('"'), f"{owner} {name}: KubeRay needs the resources JSON quoted, got {raw!r}"
+        resources = json.loads(raw[1:-1].replace('\\"', '"'))
+        expected_key = "raysim_" + pool.replace("-", "_")
+        assert set(resources) == {expected_key}, f"{owner} {name}: custom resources {resources}, want {expected_key}"
+        assert isinstance(resources[expected_key], (int, float)) and resources[expected_key] > 0
+    assert sorted(seen) == sorted(CATALOGUE), f"{owner}: groups must cover every profile exactly once, got {seen}"
+    gpu = _gpu_group(_cluster_specs()[owner])
+    assert gpu["template"]["metadata"]["annotations"]["raysim.io/device-profiles"] == "datacenter_gpu"
+
+
+def test_ray_version_matches_the_pinned_ray():
+    pins = dict(
+        line.split("==") for line in (REPO / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.lstrip().startswith("#")
+    )
+    for owner, spec in _cluster_specs().items():
+        assert spec["rayVersion"] == pins["ray"], f"{owner}: rayVersion {spec['rayVersion']} but constraints.txt pins ray=={pins['ray']}"
+
+
+# ---------------------------------------------------------------- image layout and the RayJob entrypoint
+
+
+def _dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text()
+    logical, buf = [], ""
+    for line in text.splitlines():
+        if not buf and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        if line.rstrip().endswith("\\"):
+            buf += line.rstrip()[:-1] + " "
+            continue
+        buf += line
+        instr, _, rest = buf.strip().partition(" ")
+        logical.append((instr.upper(), rest.strip()))
+        buf = ""
+    return logical
+
+
+def _ignore_regex(pattern: str) -> re.Pattern:
+    out = ""
+    i = 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out, i = out + "(?:.*/)?", i + 3
+        elif pattern.startswith("**", i):
+            out, i = out + ".*", i + 2
+        elif pattern[i] == "*":
+            out, i = out + "[^/]*", i + 1
+        elif pattern[i] == "?":
+            out, i = out + "[^/]", i + 1
+        else:
+            out, i = out + re.escape(pattern[i]), i + 1
+    return re.compile(out)
+
+
+def build_context_excludes(rel: PurePosixPath) -> bool:
+    """Whether cluster/Dockerfile.dockerignore (which BuildKit reads for this Dockerfile)
+    keeps `rel` (relative to the context, the repository root) out of the build
+    context: the last matching pattern wins, and a pattern matching a folder matches
+    everything in it."""
+    ignore = CLUSTER / "Dockerfile.dockerignore"
+    if not ignore.is_file():
+        return False
+    excluded = False
+    candidates = [str(rel)] + [str(p) for p in rel.parents if str(p) != "."]
+    for line in ignore.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        regex = _ignore_regex(line.lstrip("!").strip("/"))
+        if any(regex.fullmatch(c) for c in candidates):
+            excluded = not negate
+    return excluded
+
+
+def image_path_to_repo(path: str) -> Path | None:
+    """Which repository file the image has at `path`, from the Dockerfile's WORKDIR and
+    COPY lines and the build context's ignore file (the context is the repository
+    root); None if nothing puts it there."""
+    target = PurePosixPath(path)
+    workdir = PurePosixPath("/")
+    found = None
+    for instr, rest in _dockerfile_instructions():
+        if instr == "WORKDIR":
+            workdir = workdir / rest
+        elif instr == "COPY":
+            args = [a for a in shlex.split(rest) if not a.startswith("--")]
+            *sources, dest = args
+            dest_path = workdir / dest
+            into_dir = dest.endswith("/") or len(sources) > 1
+            for src in sources:
+                src_path = REPO / src.rstrip("/")
+                base = dest_path / PurePosixPath(src).name if into_dir and src_path.is_file() else dest_path
+                if src_path.is_dir():
+                    # COPY copies a directory's contents into dest.
+                    if target == base or base in target.parents:
+                        found = src_path / target.relative_to(base)
+                elif target == base:
+                    found = src_path
+    if found is not None and build_context_excludes(PurePosixPath(found.relative_to(REPO).as_posix())):
+        return None
+    return found
+
+
+def _entrypoint() -> list[str]:
+    return shlex.split(_only("RayJob")["spec"]["entrypoint"])
+
+
+def _entrypoint_args():
+    from raysim.cli import _parser
+
+    argv = _entrypoint()
+    assert argv[:2] == ["raysim", "run"], f"the RayJob should run `raysim run CONFIG`, got {argv}"
+    return _parser().parse_args(argv[1:])
+
+
+def _job_config():
+    args = _entrypoint_args()
+    repo_file = image_path_to_repo(str(args.config))
+    assert repo_file is not None and repo_file.is_file(), f"{args.config} is not in the image: no COPY puts it there"
+    return load_config(repo_file, args.overrides)
+
+
+def test_dockerfile_base_install_and_layout():
+    instrs = _dockerfile_instructions()
+    args = {rest.partition("=")[0]: rest.partition("=")[2] for instr, rest in instrs if instr == "ARG"}
+    (base,) = [rest for instr, rest in instrs if instr == "FROM"]
+    base = args.get(base.strip("${}"), base) if base.startswith("$") else base
+    assert base.startswith("python:3.11-slim"), f"base image {base}"
+    assert ("WORKDIR", "/app") in instrs
+    runs = " ".join(rest for instr, rest in instrs if instr == "RUN")
+    assert "-c constraints.txt ." in runs, "the image must install the package with the torch/ray pins"
+    assert "https://download.pytorch.org/whl/cpu" in runs, "the CPU image needs the PyTorch CPU index for torch==2.13.0"
+    assert "dataset-fashion-mnist" in runs and "wget" in runs
+    for src in ("pyproject.toml", "raysim/config.py", "autoflip", "raysim/configs/default.yaml"):
+        image_path = "/app/" + src
+        assert image_path_to_repo(image_path) == REPO / src, f"{image_path} should come from {src}"
+    assert image_path_to_repo("/app/cluster/configs/nope.yaml") == REPO / "cluster/configs/nope.yaml"
+    assert image_path_to_repo("/app/tests/conftest.py") is None
+    # The build context's ignore file keeps caches and everything uncopied out.
+    assert image_path_to_repo("/app/raysim/__pycache__/config.cpython-311.pyc") is None
+    assert build_context_excludes(PurePosixPath(".venv/bin/python"))
+    assert not build_context_excludes(PurePosixPath("cluster/configs/fmnist-autoflip.yaml"))
+
+
+def test_rayjob_entrypoint_runs_a_config_the_image_contains():
+    args = _entrypoint_args()
+    assert args.no_progress, "a RayJob's logs are not a terminal: pass --no-progress"
+    assert PurePosixPath(str(args.config)).is_absolute(), "the job's working directory is not the image's WORKDIR: use an absolute path"
+    repo_file = image_path_to_repo(str(args.config))
+    assert repo_file is not None, f"{args.config}: no COPY in cluster/Dockerfile puts a file there"
+    assert repo_file.is_file(), f"{args.config} maps to {repo_file.relative_to(REPO)}, which does not exist"
+    cfg = _job_config()
+    assert cfg.backend.name == "ray", "the RayJob's experiment should use the cluster it runs on"
+    # --out must be a volume of the head pod (the job's driver runs there), or the run is lost with the pod.
+    assert args.out is not None
+    head = _cluster_specs()["RayJob"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    mounts = [m["mountPath"] for m in head.get("volumeMounts", [])]
+    assert any(PurePosixPath(str(args.out)) == PurePosixPath(m) or PurePosixPath(m) in PurePosixPath(str(args.out)).parents
+               for m in mounts), f"--out {args.out} is not on a volume of the head pod (mounts: {mounts})"
+
+
+@pytest.mark.parametrize("owner", ["RayCluster", "RayJob"])
+def test_fractional_gpus_pack_whole_workers_onto_the_gpu_pod(owner):
+    cfg = _job_config()
+    fraction = cfg.backend.num_gpus_per_worker
+    assert 0 < fraction < 1, f"backend.num_gpus_per_worker={fraction}: the GPU group is meant to share GPUs"
+    per_gpu = round(1 / fraction)
+    assert math.isclose(per_gpu * fraction, 1.0), f"1/{fraction} is not a whole number of workers per GPU"
+    gpu_group = _gpu_group(_cluster_specs()[owner])
+    (container,) = gpu_group["template"]["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    slots = per_gpu * int(limits["nvidia.com/gpu"])
+    cpus_needed = slots * cfg.backend.num_cpus_per_worker
+    assert _cpu_quantity(limits["cpu"]) >= cpus_needed, (
+        f"{owner}: {slots} GPU workers x {cfg.backend.num_cpus_per_worker} CPU need {cpus_needed} CPUs, "
+        f"the pod has {limits['cpu']}: CPUs, not GPUs, would limit the packing"
+    )
+    raw = gpu_group["rayStartParams"]["resources"]
+    assert json.loads(raw[1:-1].replace('\\"', '"')) == {"raysim_datacenter_gpu": slots}
+    assert container["image"].endswith("-cuda"), "GPU workers need the CUDA build of torch (TORCH_VARIANT=cuda)"
+
+
+# ---------------------------------------------------------------- security
+
+
+def test_token_auth_in_every_ray_container():
+    secrets = set()
+    for owner, spec in _cluster_specs().items():
+        auth = spec.get("authOptions", {})
+        assert auth.get("mode") == "token", f"{owner}: authOptions.mode must be token"
+        assert auth.get("secretName"), f"{owner}: authOptions.secretName names the token Secret"
+        secrets.add(auth["secretName"])
+    assert len(secrets) == 1, f"one token Secret for both manifests, got {secrets}"
+    (secret,) = secrets
+    checked = 0
+    for where, container in _ray_containers():
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE=token missing"
+        ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+        assert ref == {"name": secret, "key": SECRET_KEY}, f"{where}: RAY_AUTH_TOKEN must come from Secret {secret} key {SECRET_KEY}, got {ref}"
+        assert "value" not in env["RAY_AUTH_TOKEN"], f"{where}: a literal token in a manifest"
+        checked += 1
+    assert checked == 2 * 3 + 1, f"expected 7 Ray containers (2 x head + 2 groups, 1 submitter), checked {checked}"
+
+
+def test_nothing_is_exposed_outside_the_cluster():
+    for owner, spec in _cluster_specs().items():
+        head = spec["headGroupSpec"]
+        assert head.get("serviceType") == "ClusterIP", f"{owner}: head serviceType {head.get('serviceType')!r}"
+        assert not head.get("enableIngress"), f"{owner}: no ingress"
+        svc_type = head.get("headService", {}).get("spec", {}).get("type", "ClusterIP")
+        assert svc_type == "ClusterIP", f"{owner}: headService type {svc_type}"
+        for name, group in _groups(spec):
+            for c in group["template"]["spec"]["containers"]:
+                assert not any("hostPort" in p for p in c.get("ports", [])), f"{owner} {name}: hostPort exposes a node port"
+            assert not group["template"]["spec"].get("hostNetwork"), f"{owner} {name}: hostNetwork"
+    for filename, i, doc in DOCS:
+        if doc["kind"] == "Service":
+            assert doc.get("spec", {}).get("type", "ClusterIP") not in ("LoadBalancer", "NodePort"), f"{filename}[{i}]"
+        assert doc["kind"] != "Ingress", f"{filename}[{i}]: an Ingress exposes the dashboard"
+
+
+def test_network_policy_admits_only_raysim_pods_operator_and_prometheus():
+    policy = _only("NetworkPolicy")
+    selector = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    # Every Ray pod (and the submitter) carries the label the policy selects.
+    for owner, spec in _cluster_specs().items():
+        for name, group in _groups(spec):
+            labels = group["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items(), f"{owner} {name}: labels {labels} not selected by the NetworkPolicy"
+    submitter_labels = _only("RayJob")["spec"]["submitterPodTemplate"]["metadata"]["labels"]
+    assert selector.items() <= submitter_labels.items()
+
+    external_ports = {}
+    for rule in policy["spec"]["ingress"]:
+        assert rule.get("from"), "an ingress rule without `from` admits every source"
+        peers = rule["from"]
+        if peers == [{"podSelector": {"matchLabels": selector}}]:
+            continue  # raysim pods among themselves, any port
+        assert rule.get("ports"), f"a rule for {peers} admits every port"
+        for peer in peers:
+            app = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+            external_ports.setdefault(app, set()).update(p["port"] for p in rule["ports"])
+    assert external_ports == {"kuberay-operator": {8265}, "prometheus": {8080, 9400}}, external_ports
+
+
+# ---------------------------------------------------------------- monitoring
+
+
+def test_pod_monitor_scrapes_ray_metrics_and_the_driver_exporter():
+    monitor = _only("PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    endpoints = {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]}
+    assert endpoints == {"metrics", "raysim-metrics"}
+    cfg = _job_config()
+    assert cfg.metrics.enabled and cfg.metrics.host not in ("127.0.0.1", "localhost", "::1"), (
+        "the driver's exporter must listen beyond loopback for Prometheus in another pod to scrape it"
+    )
+    for owner, spec in _cluster_specs().items():
+        for name, group in _groups(spec):
+            labels = group["template"]["metadata"]["labels"]
+            assert selector.items() <= labels.items(), f"{owner} {name}: not selected by the PodMonitor"
+            (container,) = group["template"]["spec"]["containers"]
+            ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+            assert ports.get("metrics") == int(group["rayStartParams"]["metrics-export-port"]) == 8080, (
+                f"{owner} {name}: the `metrics` port must be Ray's metrics-export-port"
+            )
+            if name == "head":
+                assert ports.get("raysim-metrics") == cfg.metrics.port, (
+                    f"{owner} head: `raysim-metrics` must be the config's metrics.port {cfg.metrics.port}"
+                )
+                assert ports.get("dashboard") == 8265
