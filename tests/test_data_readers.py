@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_leaf
 
+from conftest import write_leaf
 from raysim.config import DataConfig, SyntheticConfig
 from raysim.data.cifar import load_cifar
 from raysim.data.errors import DataError
+from raysim.data.federated import ArrayDataset
 from raysim.data.idx import idx_format, load_idx_dataset, read_idx
 from raysim.data.leaf import OOV_INDEX, SHAKESPEARE_VOCABULARY, load_leaf
 from raysim.data.loading import DATA_DIR_ENV, default_data_path, load_federated_dataset
@@ -492,3 +493,10 @@ def test_default_paths_and_missing_data_error(tmp_path, monkeypatch):
     assert_data_error(excinfo, tmp_path / "cifar10", "cifar-10-python.tar.gz")
     monkeypatch.delenv(DATA_DIR_ENV)
     assert default_data_path("emnist") == Path.home() / ".cache" / "raysim" / "data" / "emnist"
+
+
+def test_array_dataset_normalises_strides_of_length_one_axes():
+    odd = np.arange(24, dtype=np.float32).reshape(4, 2, 3)[:, None]  # channel stride 0
+    assert odd.strides[1] == 0
+    data = ArrayDataset(odd, np.zeros(4, dtype=np.int64))
+    assert data.x.strides == np.empty(odd.shape, dtype=odd.dtype).strides and np.array_equal(data.x, odd)

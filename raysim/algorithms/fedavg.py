@@ -12,11 +12,7 @@ import json
 
 from torch import nn
 
-from raysim.algorithms.server_update import (
-    MOMENTUM_PREFIX,
-    apply_server_update,
-    is_trainable_state,
-)
+from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
 from raysim.config import ExperimentConfig
 from raysim.costs.payload import decode, encode_masked
 from raysim.engine.api import (

@@ -11,6 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def canonical_strides(a: np.ndarray) -> np.ndarray:
+    """`a` as a C-contiguous array with the strides numpy would give a fresh one.
+
+    A length-1 axis may carry any stride (e.g. 0 after `a[:, None]`) and still count as
+    contiguous; torch reads those strides to choose convolution kernels, so the same
+    images could train differently depending on how they were loaded or shipped
+    (an object-store round trip normalises them). Normalising here makes them one way."""
+    a = np.ascontiguousarray(a)
+    return a.reshape(-1).reshape(a.shape) if a.size else a
+
+
 @dataclass(frozen=True)
 class ArrayDataset:
     """Features and integer labels. x: float32 (images NCHW, vectors NF) or int64 token sequences."""
@@ -21,6 +32,7 @@ class ArrayDataset:
     def __post_init__(self):
         if len(self.x) != len(self.y):
             raise ValueError(f"x has {len(self.x)} rows but y has {len(self.y)}")
+        object.__setattr__(self, "x", canonical_strides(self.x))
 
     def __len__(self) -> int:
         return len(self.y)

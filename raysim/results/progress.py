@@ -1,13 +1,7 @@
 """A progress bar over rounds showing accuracy and client-update throughput."""
 from __future__ import annotations
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Callback
