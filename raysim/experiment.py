@@ -98,12 +98,13 @@ def backend_session(cfg: ExperimentConfig):
 
 def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None) -> dict:
     """Run (or continue) the experiment in `run_dir` and return its summary."""
+    dataset = load_federated_dataset(cfg.data, cfg.seed)  # a data error fails before Ray starts
     with backend_session(cfg):
-        return _execute(cfg, run_dir, resume, progress)
+        return _execute(cfg, dataset, run_dir, resume, progress)
 
 
-def _execute(cfg: ExperimentConfig, run_dir: Path, resume: bool, progress: bool | None) -> dict:
-    dataset = load_federated_dataset(cfg.data, cfg.seed)
+def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, resume: bool,
+             progress: bool | None) -> dict:
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
     example = torch.tensor(dataset.train.x[:1])
     factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)

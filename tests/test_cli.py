@@ -1,9 +1,12 @@
-"""The CLI as a user runs it."""
+"""The CLI as a user runs it (the default Ray backend, on the session's Ray instance)."""
 import json
 
 import pyarrow.parquet as pq
+import pytest
 
 from raysim.cli import main
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 
 def _only_run(parent):
