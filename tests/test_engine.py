@@ -8,6 +8,7 @@ import torch
 from raysim.algorithms.fedavg import FedAvg
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
+from raysim.engine.clock import ClockPredictor
 from raysim.engine.loop import Evaluator
 from raysim.engine.runner import ClientRunner
 from raysim.experiment import execute, model_factory, new_run
@@ -156,3 +157,35 @@ def test_sim_time_is_the_slowest_client_without_deadline(small_config):
     times = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
     assert runner.run(plan.tasks, plan.broadcast).tally.maxes["train_sim_time_s"] == max(times)
     assert len(set(times)) > 1
+
+
+def test_overcommit_closes_the_round_at_the_cohort_th_fastest_predicted_client(small_config):
+    cohort = 4
+    cfg = small_config(rounds=2, data={"num_clients": 24}, clients={"per_round": cohort},
+                       devices={"mix": {"phone_low": 0.5, "laptop": 0.5}, "use_availability": False, "overcommit": 2.0})
+    _, _, _, rows = _run(cfg)
+    for r in rows:
+        assert r["clients_sampled"] == 2 * cohort
+        # At least the cohort reports (clients tied with the cohort-th fastest are kept too:
+        # many synthetic clients have the same size and profile); the slowest are dropped.
+        assert cohort <= r["clients_done"] < r["clients_sampled"]
+        assert r["clients_done"] + r["clients_dropped"] == r["clients_sampled"] and r["clients_failed"] == 0
+    no_overcommit = _run(small_config(rounds=2, data={"num_clients": 24}, clients={"per_round": cohort},
+                                      devices={"mix": {"phone_low": 0.5, "laptop": 0.5}, "use_availability": False}))[3]
+    assert all(r["clients_sampled"] == r["clients_done"] == cohort for r in no_overcommit)
+
+
+def test_clock_predictor_matches_the_runners_simulated_time_for_dense_fedavg(small_config):
+    cfg = small_config(rounds=1, devices={"mix": {"phone_low": 0.5, "laptop": 0.5}})
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    algo = FedAvg(cfg)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
+    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
+    state = algo.init_state(factory(None).state_dict())
+    plan = algo.configure_round(state, 0, list(range(6)))
+    runner = ClientRunner(algo, ds, pop, factory)
+    actual = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
+    predicted = ClockPredictor(ds, pop, factory).predict_s(plan.tasks, plan.broadcast)
+    assert predicted == pytest.approx(actual, rel=1e-3)
+    deadline = ClockPredictor(ds, pop, factory).round_deadline(plan.tasks, plan.broadcast, 2, None)
+    assert deadline == pytest.approx(sorted(actual)[1], rel=1e-3)
