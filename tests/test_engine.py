@@ -145,15 +145,19 @@ def test_deadline_drops_stragglers_and_round_lasts_the_deadline(small_config):
     assert all(torch.equal(v, state.weights[k]) for k, v in init.state_dict().items())  # nothing aggregated
 
 
-def test_sim_time_is_the_slowest_client_without_deadline(small_config):
+def _mixed_devices_round(small_config):
+    """Six FedAvg clients on slow and fast devices: (dataset, population, model factory, runner, plan)."""
     cfg = small_config(rounds=1, devices={"mix": {"phone_low": 0.5, "laptop": 0.5}})
     ds = load_federated_dataset(cfg.data, cfg.seed)
     algo = FedAvg(cfg)
     factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
     pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
-    runner = ClientRunner(algo, ds, pop, factory)
     state = algo.init_state(factory(None).state_dict())
-    plan = algo.configure_round(state, 0, list(range(6)))
+    return ds, pop, factory, ClientRunner(algo, ds, pop, factory), algo.configure_round(state, 0, list(range(6)))
+
+
+def test_sim_time_is_the_slowest_client_without_deadline(small_config):
+    _, _, _, runner, plan = _mixed_devices_round(small_config)
     times = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
     assert runner.run(plan.tasks, plan.broadcast).tally.maxes["train_sim_time_s"] == max(times)
     assert len(set(times)) > 1
@@ -176,14 +180,7 @@ def test_overcommit_closes_the_round_at_the_cohort_th_fastest_predicted_client(s
 
 
 def test_clock_predictor_matches_the_runners_simulated_time_for_dense_fedavg(small_config):
-    cfg = small_config(rounds=1, devices={"mix": {"phone_low": 0.5, "laptop": 0.5}})
-    ds = load_federated_dataset(cfg.data, cfg.seed)
-    algo = FedAvg(cfg)
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
-    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
-    state = algo.init_state(factory(None).state_dict())
-    plan = algo.configure_round(state, 0, list(range(6)))
-    runner = ClientRunner(algo, ds, pop, factory)
+    ds, pop, factory, runner, plan = _mixed_devices_round(small_config)
     actual = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
     predicted = ClockPredictor(ds, pop, factory).predict_s(plan.tasks, plan.broadcast)
     assert predicted == pytest.approx(actual, rel=1e-3)
