@@ -8,13 +8,7 @@ import pytest
 import yaml
 
 from raysim.benchmarks import add_bench_parsers, bench_main
-from raysim.benchmarks.savings import (
-    aggregate_method,
-    check_targets,
-    choose_rounds,
-    measure_run,
-    order_methods,
-)
+from raysim.benchmarks.savings import aggregate_method, check_targets, choose_rounds, measure_run, order_methods
 from raysim.config import ConfigError
 
 

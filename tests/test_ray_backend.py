@@ -16,13 +16,7 @@ from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.api import ClientTask
 from raysim.engine.backend import InProcessBackend
-from raysim.engine.ray_backend import (
-    RayBackend,
-    balance,
-    pool_size,
-    predicted_cost,
-    tree_reduce,
-)
+from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
 from raysim.engine.stats import Partial, WeightedSum, merge_all
 from raysim.experiment import build_runner, execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint

@@ -21,14 +21,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from raysim.benchmarks.common import (
-    bar_plot,
-    cores,
-    median,
-    prepare_out,
-    timed_rounds,
-    write_result,
-)
+from raysim.benchmarks.common import bar_plot, cores, median, prepare_out, timed_rounds, write_result
 from raysim.config import ConfigError, ExperimentConfig, config_from_dict
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population

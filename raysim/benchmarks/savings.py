@@ -21,13 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raysim.benchmarks.common import prepare_out, write_result
-from raysim.config import (
-    ALGORITHMS,
-    ConfigError,
-    ExperimentConfig,
-    config_from_dict,
-    load_config,
-)
+from raysim.config import ALGORITHMS, ConfigError, ExperimentConfig, config_from_dict, load_config
 from raysim.engine.sampling import cohort_size
 from raysim.experiment import execute, new_run
 from raysim.results.round_log import read_rounds

@@ -23,14 +23,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from raysim.benchmarks.common import (
-    bar_plot,
-    cores,
-    median,
-    prepare_out,
-    timed_rounds,
-    write_result,
-)
+from raysim.benchmarks.common import bar_plot, cores, median, prepare_out, timed_rounds, write_result
 from raysim.config import ConfigError, ExperimentConfig, config_from_dict
 
 POPULATION = 100_000

@@ -10,14 +10,7 @@ import logging
 import math
 import time
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    push_to_gateway,
-    start_http_server,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
 
 from raysim.config import ConfigError, MetricsConfig
 from raysim.engine.api import ServerState
