@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from ray_head import ray_head  # noqa: F401  (a fixture: a private, token-authenticated Ray head)
 from raysim.config import config_from_dict
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")

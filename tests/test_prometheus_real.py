@@ -163,3 +163,36 @@ def test_prometheus_scrapes_a_real_run_to_its_last_round(prometheus, small_confi
     [series] = query("raysim_rounds_completed_total")
     assert series["metric"]["experiment"] == "promtest" and series["metric"]["algorithm"] == "fedavg"
     assert series["metric"]["job"] == "raysim"
+
+
+@pytest.mark.timeout(300)
+def test_prometheus_finds_ray_nodes_through_the_service_discovery_file(prometheus, ray_head):
+    """The `ray` job of dashboards/prometheus.yml, as it is, pointed at a real head's file."""
+    sd_file = ray_head.temp_dir / Path(RAY_SD_FILE).name
+    deadline = time.monotonic() + 60
+    while not sd_file.is_file():  # written by the head's dashboard shortly after start
+        assert time.monotonic() < deadline, f"Ray wrote no {sd_file.name} under {ray_head.temp_dir}"
+        time.sleep(0.5)
+    tree = derived_config(free_port())
+    [sd] = jobs(tree)["ray"]["file_sd_configs"]
+    sd["files"] = [str(sd_file)]  # only the path; the config's refresh interval stays
+    url = prometheus(tree)
+
+    def ray_targets() -> list[dict]:
+        active = get_json(f"{url}/api/v1/targets")["data"]["activeTargets"]
+        return [t for t in active if t["scrapePool"] == "ray"]  # the job in our config; Ray labels some groups itself
+
+    def ray_series() -> int:
+        q = urllib.parse.quote('count({__name__=~"ray_.+"})')
+        result = get_json(f"{url}/api/v1/query?query={q}")["data"]["result"]
+        return int(result[0]["value"][1]) if result else 0
+
+    def listed() -> set[str]:
+        return {target for group in json.loads(sd_file.read_text()) for target in group["targets"]}
+
+    # Every endpoint Ray listed becomes a target, and Ray's metrics arrive from them.
+    deadline = time.monotonic() + 90
+    while not ({t["labels"]["instance"] for t in ray_targets()} == listed()
+               and any(t["health"] == "up" for t in ray_targets()) and ray_series() > 0):
+        assert time.monotonic() < deadline, f"Ray listed {sd_file.read_text()}; Prometheus has {ray_targets()}"
+        time.sleep(1)
