@@ -223,8 +223,8 @@ class RayBackend(Backend):
         box = [ray.put(broadcast)]  # once per round, passed by reference
         costs = predicted_cost(tasks, self.train_sizes, self.holdout_sizes)
         states = [_WorkerRound([tasks[i] for i in idx]) for idx in balance(costs, self.size)]
-        for w, st in enumerate(states):
-            self._restart_round(w, st)
+        for st in states:
+            self._restart_round(st)
         pending: dict = {}  # ref -> (worker, attempt, "run" | "finish")
         for w in range(self.size):
             self._feed(w, states[w], box, pending)
@@ -282,7 +282,7 @@ class RayBackend(Backend):
                 dead.append(i)
         return dead
 
-    def _restart_round(self, w: int, st: _WorkerRound) -> None:
+    def _restart_round(self, st: _WorkerRound) -> None:
         size = self.cfg.clients_per_call
         st.chunks = [st.tasks[i:i + size] for i in range(0, len(st.tasks), size)]
         st.next_call, st.in_flight, st.finished = 0, 0, None
@@ -309,7 +309,7 @@ class RayBackend(Backend):
         if st.attempt > self.cfg.max_retries:
             st.failed_reason = f"worker {w} died {st.attempt} times this round (last: {type(exc).__name__})"
             return
-        self._restart_round(w, st)
+        self._restart_round(st)
         self._feed(w, st, box, pending)
 
 
