@@ -1,5 +1,8 @@
 """The CLI as a user runs it (the default Ray backend, on the session's Ray instance)."""
 import json
+import socket
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -52,3 +55,17 @@ def test_resume_a_finished_run_and_refuse_mixed_flags(tmp_path, capsys):
     assert main(["run", "--resume", str(run), "--set", "rounds=3"]) == 2
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_an_address_where_no_ray_cluster_answers_fails_at_once_naming_it(tmp_path):
+    # Its own process: this test session's Ray would otherwise be reused, whatever the address.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    proc = subprocess.run([sys.executable, "-m", "raysim.cli", "run", "--address", f"127.0.0.1:{port}",
+                           "--set", "rounds=1", "--out", str(tmp_path), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert f"backend.address=127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
+    (run,) = list(tmp_path.iterdir())
+    assert not (run / "rounds.parquet").exists()  # nothing ran; the run folder keeps the resolved config

@@ -17,6 +17,7 @@ This is the only module that imports ray.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import ray
 import torch
 from ray.exceptions import RayActorError
 
-from raysim.config import BackendConfig
+from raysim.config import BackendConfig, ConfigError
 from raysim.data.federated import FederatedDataset
 from raysim.engine.api import Broadcast, ClientTask
 from raysim.engine.backend import Backend, worker_threads
@@ -321,6 +322,18 @@ def _failed(tasks: Sequence[ClientTask], reason: str) -> Partial:
     return out
 
 
+def _check_reachable(address: str, source: str) -> None:
+    """A GCS address (host:port) nobody listens on makes ray.init retry for many minutes:
+    fail at once, naming the setting, instead."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "/" in host:
+        return  # "auto", "ray://...": Ray's own checks apply
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise ConfigError(f"{source}={address}: no Ray cluster answers there ({exc})") from None
+
+
 @contextmanager
 def ray_session(cfg: BackendConfig, dashboard: bool = False):
     """Join the cluster the run should use for as long as the run lasts.
@@ -334,7 +347,13 @@ def ray_session(cfg: BackendConfig, dashboard: bool = False):
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, logging_level="WARNING")
+        source = "backend.address" if cfg.address else "$RAY_ADDRESS"
+        _check_reachable(address, source)
+        try:
+            ray.init(address=address, logging_level="WARNING")
+        except (ConnectionError, TimeoutError, RuntimeError) as exc:  # what ray.init raises for a bad address
+            raise ConfigError(f"{source}={address}: cannot join a Ray cluster there "
+                              f"({type(exc).__name__}: {exc})") from None
     else:
         ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING")
     try:
