@@ -6,8 +6,8 @@
   first onto the least-loaded worker), feeds each worker `clients_per_call`
   clients at a time, two calls deep, and watches them with `ray.wait`.
 - Every worker sums its clients into one Partial it keeps until the round ends;
-  the partials merge through a tree of Ray tasks with a fixed fan-in and order,
-  so the driver only ever receives the root.
+  the partials merge through a tree of calls on the pool's actors with a fixed
+  fan-in and order, so the driver only ever receives the root.
 - A worker that dies is replaced and all of its clients for the round rerun
   (its running sum died with it, so nothing is counted twice), at most
   `max_retries` times; after that its clients are reported as failed.
@@ -33,7 +33,8 @@ from raysim.data.federated import FederatedDataset
 from raysim.engine.api import Broadcast, ClientTask
 from raysim.engine.backend import Backend, worker_threads
 from raysim.engine.runner import ClientRunner
-from raysim.engine.stats import ClientFailure, Partial, merge_all
+from raysim.engine.stats import Partial, merge_all
+from raysim.telemetry.ray_metrics import WorkerMetrics
 
 # (dataset, device) -> runner; must pickle (a module-level function or functools.partial).
 RunnerFactory = Callable[[FederatedDataset, str], ClientRunner]
@@ -58,7 +59,7 @@ class ClientWorker:
         self.partial = Partial()
         self.clients = 0
         self.broadcast: Broadcast | None = None
-        self.metrics = _worker_metrics(index)
+        self.metrics = WorkerMetrics(str(index))  # Ray metrics per worker, never per client
 
     def info(self) -> dict:
         x = self.dataset.train.x
@@ -78,8 +79,7 @@ class ClientWorker:
         self.runner.run(tasks, self.broadcast, into=self.partial)
         self.clients += len(tasks)
         busy = time.perf_counter() - start
-        if self.metrics is not None:
-            self.metrics.record(len(tasks), busy)
+        self.metrics.record(len(tasks), busy)
         return busy
 
     def merge(self, *partials: Partial) -> Partial:
@@ -94,15 +94,6 @@ class ClientWorker:
         out = (self.clients, self.partial)
         self.key, self.partial, self.clients, self.broadcast = None, Partial(), 0, None
         return out
-
-
-def _worker_metrics(index: int):
-    """Ray metrics per worker (never per client); absent where the telemetry module is not installed."""
-    try:
-        from raysim.telemetry.ray_metrics import WorkerMetrics
-    except ImportError:
-        return None
-    return WorkerMetrics(str(index))
 
 
 def tree_reduce(refs: list, fan_in: int, merge: Callable[[int, list], object]):
@@ -252,7 +243,8 @@ class RayBackend(Backend):
         partial = self._reduce(leaves)
         for st in states:
             if st.failed_reason is not None:
-                partial = partial + _failed(st.tasks, st.failed_reason)
+                for t in st.tasks:
+                    partial.add_failure(t.round, t.client, t.kind, st.failed_reason)
         wall = time.perf_counter() - start
         self._pool_info = {"workers": float(self.size),
                            "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (self.size * wall)),
@@ -312,14 +304,6 @@ class RayBackend(Backend):
             return
         self._restart_round(st)
         self._feed(w, st, box, pending)
-
-
-def _failed(tasks: Sequence[ClientTask], reason: str) -> Partial:
-    out = Partial()
-    for t in tasks:
-        out.failures.append(ClientFailure(t.round, t.client, t.kind, reason))
-        out.tally.add(**{f"{t.kind}_failed": 1})
-    return out
 
 
 def _check_reachable(address: str, source: str) -> None:

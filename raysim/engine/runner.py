@@ -18,7 +18,7 @@ from raysim.costs.flops import training_flop_profile
 from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, client_time_s, misses_deadline
 from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
-from raysim.engine.stats import ClientFailure, Partial, WeightedSum
+from raysim.engine.stats import Partial, WeightedSum
 from raysim.engine.training import evaluate
 
 ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
@@ -91,8 +91,7 @@ class ClientRunner:
                 else:
                     self._train(task, broadcast, densities, partial)
             except Exception as exc:  # a failing client is data, not the end of the run
-                partial.failures.append(ClientFailure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}"))
-                partial.tally.add(**{f"{task.kind}_failed": 1})
+                partial.add_failure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}")
         return partial
 
     def _evaluate(self, task: ClientTask, broadcast: Broadcast, partial: Partial) -> None:

@@ -101,6 +101,11 @@ class Partial:
             else:
                 self.stats[k] = v
 
+    def add_failure(self, round: int, client: int, kind: str, reason: str) -> None:
+        """A client that failed: listed with its reason and counted as `{kind}_failed`."""
+        self.failures.append(ClientFailure(round, client, kind, reason))
+        self.tally.add(**{f"{kind}_failed": 1})
+
     def __add__(self, other: "Partial") -> "Partial":
         """A new Partial; neither operand changes (merges share their inputs' sums)."""
         stats = dict(self.stats)
