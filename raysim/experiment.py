@@ -71,13 +71,14 @@ def build_runner(cfg: ExperimentConfig, population: Population, dataset: Federat
     return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size, device)
 
 
-def build_backend(cfg: ExperimentConfig, population: Population, dataset: FederatedDataset) -> Backend:
+def build_backend(cfg: ExperimentConfig, runner: ClientRunner) -> Backend:
+    """In-process: `runner` (the driver's) runs the clients; Ray: every worker builds its own."""
     if cfg.backend.name == "inprocess":
-        return InProcessBackend(build_runner(cfg, population, dataset), worker_threads(cfg.backend))
+        return InProcessBackend(runner, worker_threads(cfg.backend))
     from raysim.engine.ray_backend import RayBackend
 
     try:
-        return RayBackend(functools.partial(build_runner, cfg, population), dataset, cfg.backend)
+        return RayBackend(functools.partial(build_runner, cfg, runner.population), runner.dataset, cfg.backend)
     except ValueError as exc:  # the pool does not fit the cluster
         raise ConfigError(str(exc)) from None
 
@@ -106,9 +107,8 @@ def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress
 def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, resume: bool,
              progress: bool | None) -> dict:
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    example = torch.tensor(dataset.train.x[:1])
-    factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
-    algorithm = build_algorithm(cfg, factory, example)
+    runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
+    algorithm, factory = runner.algorithm, runner.model_factory
 
     rows: list[dict] = []
     state = algorithm.init_state(factory(None).state_dict())
@@ -132,7 +132,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         callbacks.append(exporter)
     backend: Backend | None = None
     try:
-        backend = build_backend(cfg, population, dataset)
+        backend = build_backend(cfg, runner)
         evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
                               max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
         loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
