@@ -1,8 +1,10 @@
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 from ray_head import ray_head  # noqa: F401  (a fixture: a private, token-authenticated Ray head)
 from raysim.config import config_from_dict
@@ -17,16 +19,29 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+# The shared experiment is deliberately not the defaults, so every test that builds on it
+# runs the harder case: clients of unequal size (the synthetic federation's 12 users hold
+# 14 to 720 training rows), several local epochs, client-side momentum, a decaying client
+# learning rate, and server momentum with a server learning rate other than 1. A mistake
+# that only shows away from the defaults (an epochs factor dropped, momentum lost on
+# resume, equal client weights) then changes the numbers these tests see.
+HARD_CASE = {
+    "clients": {"per_round": 4, "local_epochs": 2, "batch_size": 16, "lr_decay": 0.9,
+                "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.5}},
+    "algorithm": {"server_lr": 0.8, "server_momentum": 0.5},
+}
+
+
 @pytest.fixture
 def small_config(tmp_path):
-    """A seconds-long synthetic experiment; pass nested dicts to change fields."""
+    """A seconds-long synthetic experiment (see HARD_CASE); pass nested dicts to change fields."""
 
     def make(**extra):
         base = {
             "name": "t", "seed": 3, "rounds": 3,
             "data": {"dataset": "synthetic", "num_clients": 12, "partition": {"scheme": "natural"}},
             "model": {"name": "logreg"},
-            "clients": {"per_round": 4, "local_epochs": 1, "batch_size": 16, "optimizer": {"name": "sgd", "lr": 0.05}},
+            **HARD_CASE,
             "eval": {"every": 1, "max_clients": 5},
             "output": {"dir": str(tmp_path / "runs"), "progress": False},
             "backend": {"name": "inprocess"},
@@ -68,3 +83,51 @@ def ray_cluster():
                  _system_config={"metrics_report_interval_ms": 500})
     yield ray
     ray.shutdown()
+
+
+@dataclass
+class Round:
+    """One planned round with everything needed to run it by hand."""
+
+    cfg: object
+    dataset: object
+    population: object
+    algorithm: object
+    runner: object
+    state: object
+    plan: object
+
+    def client_rows(self, client: int):
+        rows = self.dataset.client_train_rows(client)
+        return torch.from_numpy(self.dataset.train.x[rows]), torch.from_numpy(self.dataset.train.y[rows])
+
+
+def plan_round(cfg, round_idx: int, clients: list[int], masks: dict | None = None) -> Round:
+    """A FedAvg round of `cfg`, planned from the initial weights (with `masks` installed)."""
+    from raysim.algorithms.fedavg import with_masks
+    from raysim.data.loading import load_federated_dataset
+    from raysim.devices import Population
+    from raysim.experiment import build_runner
+
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
+    runner = build_runner(cfg, pop, ds)
+    state = runner.algorithm.init_state(runner.model_factory(None).state_dict())
+    if masks:
+        state = with_masks(state, masks)
+    return Round(cfg, ds, pop, runner.algorithm, runner, state, runner.algorithm.configure_round(state, round_idx, clients))
+
+
+# Mixed slow and fast devices, so simulated times differ by client.
+MIXED_DEVICES = {"mix": {"phone_low": 0.5, "laptop": 0.5}, "use_availability": False}
+
+
+@pytest.fixture
+def masked_round(small_config):
+    """Round 2 (0-based 1) of the hard-case experiment on mixed devices, with 60 % of the
+    classifier's weights masked out: the download carries the mask, the upload only kept
+    entries, so the two differ in size. Six clients of unequal size."""
+    cfg = small_config(devices=MIXED_DEVICES)
+    mask = torch.zeros(10 * 60, dtype=torch.bool)
+    mask[torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(0))[:240]] = True
+    return plan_round(cfg, 1, [0, 1, 2, 3, 4, 10], {"classifier.weight": mask.reshape(10, 60)})

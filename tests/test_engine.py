@@ -5,7 +5,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from conftest import MIXED_DEVICES, plan_round
 from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.server_update import MOMENTUM_PREFIX
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.clock import ClockPredictor
@@ -73,6 +75,9 @@ def test_resume_reaches_the_same_model(small_config, monkeypatch):
     execute(cfg, crashed, resume=True)
     resumed = load_checkpoint(latest_checkpoint(crashed))
     assert resumed.round == 4
+    # Server momentum is on (the shared hard case): the resumed run must carry it over.
+    assert any(k.startswith(MOMENTUM_PREFIX) for k in full.buffers) and resumed.buffers.keys() == full.buffers.keys()
+    assert all(torch.equal(full.buffers[k], resumed.buffers[k]) for k in full.buffers)
     assert all(torch.equal(full.weights[k], resumed.weights[k]) for k in full.weights)
     assert _stable(pq.read_table(crashed / "rounds.parquet").to_pylist()) == _stable(full_rows)
 
@@ -147,13 +152,8 @@ def test_deadline_drops_stragglers_and_round_lasts_the_deadline(small_config):
 
 def _mixed_devices_round(small_config):
     """Six FedAvg clients on slow and fast devices: (dataset, population, model factory, runner, plan)."""
-    cfg = small_config(rounds=1, devices={"mix": {"phone_low": 0.5, "laptop": 0.5}})
-    ds = load_federated_dataset(cfg.data, cfg.seed)
-    algo = FedAvg(cfg)
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
-    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
-    state = algo.init_state(factory(None).state_dict())
-    return ds, pop, factory, ClientRunner(algo, ds, pop, factory), algo.configure_round(state, 0, list(range(6)))
+    rnd = plan_round(small_config(rounds=1, devices=MIXED_DEVICES), 0, list(range(6)))
+    return rnd.dataset, rnd.population, rnd.runner.model_factory, rnd.runner, rnd.plan
 
 
 def test_sim_time_is_the_slowest_client_without_deadline(small_config):

@@ -12,8 +12,8 @@ import pytest
 import ray.cloudpickle
 import torch
 
+from conftest import plan_round
 from raysim.data.loading import load_federated_dataset
-from raysim.devices import Population
 from raysim.engine.api import ClientTask
 from raysim.engine.backend import InProcessBackend
 from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
@@ -30,11 +30,8 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 
 def _round(cfg, clients=None):
     ds = load_federated_dataset(cfg.data, cfg.seed)
-    pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
-    runner = build_runner(cfg, pop, ds)
-    state = runner.algorithm.init_state(runner.model_factory(None).state_dict())
-    plan = runner.algorithm.configure_round(state, 0, clients or list(range(ds.num_clients)))
-    return ds, pop, InProcessBackend(runner, threads=1), plan
+    rnd = plan_round(cfg, 0, clients or list(range(ds.num_clients)))
+    return rnd.dataset, rnd.population, InProcessBackend(rnd.runner, threads=1), rnd.plan
 
 
 def _assert_same_aggregate(got: Partial, want: Partial):
@@ -185,14 +182,35 @@ def _merge_task(*partials):
     return merge_all(list(partials))
 
 
-def test_tree_reduce_is_fixed_order_and_complete():
+# Leaf values whose float64 sum depends on the order within each group of three:
+# (1 + 2**60) - 2**60 == 0 but (-2**60 + 2**60) + 1 == 1, and likewise for 2**55 and 3.
+ORDER_LEAVES = [1.0, 2.0**60, -(2.0**60), 2.0**55, 3.0, -(2.0**55), 5.0]
+
+
+def _order_leaves() -> list[Partial]:
     parts = []
-    for i in range(7):
+    for i, value in enumerate(ORDER_LEAVES):
         p = Partial()
-        p.add_stats({"d": WeightedSum.of({"w": torch.tensor([0.1 * i + 1e-9 * i * i])}, i + 1)})
+        p.add_stats({"d": WeightedSum.of({"w": torch.tensor([value], dtype=torch.float64)}, 1.0)})
         p.tally.add(n=1)
+        p.add_failure(0, i, "train", f"leaf {i}")  # the failure list records the merge order exactly
         parts.append(p)
-    refs = [ray.put(p) for p in parts]
+    return parts
+
+
+def _assert_merged_in_tree_order(root: Partial):
+    """Fan-in 3 over 7 leaves, written out: left to right within each group, then over groups."""
+    assert [f.client for f in root.failures] == list(range(7))
+    v = ORDER_LEAVES
+    want = (((v[0] + v[1]) + v[2]) + ((v[3] + v[4]) + v[5])) + v[6]
+    reversed_groups = (((v[2] + v[1]) + v[0]) + ((v[5] + v[4]) + v[3])) + v[6]
+    assert want == 5.0 and reversed_groups == 10.0  # the values tell these orders apart
+    assert root.stats["d"].total["w"].item() == want
+    assert root.tally.get("n") == 7 and root.stats["d"].weight == 7.0
+
+
+def test_tree_reduce_is_fixed_order_and_complete():
+    refs = [ray.put(p) for p in _order_leaves()]
     nodes = []
 
     def merge(node, group):
@@ -201,11 +219,21 @@ def test_tree_reduce_is_fixed_order_and_complete():
 
     a = ray.get(tree_reduce(refs, 3, merge))
     assert nodes == [(0, 3), (1, 3), (3, 3)]  # 7 leaves: two full groups, the last leaf passes up, then the root
+    _assert_merged_in_tree_order(a)
     b = ray.get(tree_reduce(refs, 3, merge))
     assert torch.equal(a.stats["d"].total["w"], b.stats["d"].total["w"])
-    assert a.tally.get("n") == 7 and a.stats["d"].weight == sum(range(1, 8))
-    want = merge_all([merge_all(parts[0:3]), merge_all(parts[3:6]), parts[6]])
-    assert torch.equal(a.stats["d"].total["w"], want.stats["d"].total["w"])
+
+
+def test_the_pools_own_merge_keeps_the_tree_order(small_config):
+    """The merge a run really uses: tree nodes on the pool's worker actors."""
+    cfg = small_config(backend={"name": "ray", "num_workers": 2, "fan_in": 3})
+    ds, pop, _, _ = _round(cfg)
+    backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
+    try:
+        root = backend._reduce([ray.put(p) for p in _order_leaves()])
+    finally:
+        backend.close()
+    _assert_merged_in_tree_order(root)
 
 
 def _final_weights(run_dir):

@@ -67,3 +67,15 @@ def test_seeds_are_deterministic_and_distinct():
     with pytest.raises(ValueError, match="purpose"):
         derive_seed(0, "nope")
     assert 0 <= derive_seed(2**40, "init") < 2**63 and isinstance(np.random.default_rng(derive_seed(0, "init")), np.random.Generator)
+
+
+def test_merge_all_is_a_left_fold_in_the_given_order():
+    values = [1.0, 2.0**60, -(2.0**60), 3.0]
+    parts = []
+    for i, value in enumerate(values):
+        p = Partial({"d": WeightedSum.of({"w": torch.tensor([value], dtype=torch.float64)}, 1.0)})
+        p.add_failure(0, i, "train", "x")
+        parts.append(p)
+    merged = merge_all(parts)
+    assert [f.client for f in merged.failures] == [0, 1, 2, 3]
+    assert merged.stats["d"].total["w"].item() == ((1.0 + 2.0**60) - 2.0**60) + 3.0 == 3.0  # reversed: 4.0

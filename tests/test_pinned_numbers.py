@@ -1,0 +1,217 @@
+"""What the system computes, checked against numbers worked out here by hand.
+
+The other end-to-end tests compare the system with itself (Ray against in-process, a
+rerun, a resumed run); a mistake made the same way on both sides passes them. These
+recompute the expected values independently: local SGD written out with autograd,
+the sample-weighted mean and the server step in float64, FLOPs from the layer shapes,
+simulated time from the device profile's numbers, robust normalisation with
+torch.quantile. Each also checks that the mistake it guards against would move the
+number it pins (a test that cannot fail is no test).
+"""
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import MIXED_DEVICES, plan_round
+from raysim.algorithms import build_algorithm
+from raysim.algorithms.server_update import MOMENTUM_PREFIX
+from raysim.data.loading import load_federated_dataset
+from raysim.devices import Population
+from raysim.engine.clock import ClockPredictor
+from raysim.engine.runner import ClientRunner
+from raysim.engine.seeds import derive_seed
+from raysim.experiment import execute, model_factory, new_run
+from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
+
+D, C = 60, 10  # the synthetic federation: 60 features, 10 classes
+LOGREG_FLOPS_PER_EXAMPLE = 4 * D * C  # forward 2dc + weight gradient 2dc; the input needs no gradient
+
+
+def hand_sgd(weight, bias, x, y, *, seed, epochs, batch_size, lr, momentum):
+    """The client's local training written out: a fresh torch.Generator(seed) draws one
+    permutation per epoch; heavy-ball SGD (v <- m v + g, first v = g; w <- w - lr v).
+    Returns (delta W, delta b, mean loss of the last epoch)."""
+    gen = torch.Generator().manual_seed(seed)
+    w, b = weight.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    vw = vb = None
+    n = len(y)
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        total = 0.0
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(F.linear(x[idx], w, b), y[idx])
+            gw, gb = torch.autograd.grad(loss, (w, b))
+            vw = gw if vw is None else momentum * vw + gw
+            vb = gb if vb is None else momentum * vb + gb
+            with torch.no_grad():
+                w -= lr * vw
+                b -= lr * vb
+            total += loss.item() * len(idx)
+        last_loss = total / n
+    return (w.detach() - weight).double(), (b.detach() - bias).double(), last_loss
+
+
+def test_two_fedavg_rounds_equal_the_hand_computed_sample_weighted_server_steps(small_config):
+    """Every client of unequal size (14 to 720 rows) takes part, for two local epochs with
+    momentum and a decaying lr; the server applies the sample-weighted mean delta with server
+    momentum and a server lr. The final weights, the server momentum and the logged losses and
+    costs must be the hand-computed ones."""
+    cfg = small_config(rounds=2, clients={"per_round": 12}, devices={"use_availability": False},
+                       eval={"clients": False})
+    run_dir = new_run(cfg)
+    execute(cfg, run_dir)
+    got = load_checkpoint(latest_checkpoint(run_dir))
+    rows = pq.read_table(run_dir / "rounds.parquet").to_pylist()
+
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    init = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))(None).state_dict()
+    c, a = cfg.clients, cfg.algorithm
+    sizes = [len(ds.client_train_rows(k)) for k in range(ds.num_clients)]
+    assert min(sizes) < 20 and max(sizes) > 500  # the case that tells weighted from unweighted means
+    w, b = init["classifier.weight"].double(), init["classifier.bias"].double()
+    vw, vb = torch.zeros_like(w), torch.zeros_like(b)
+    for r in range(2):
+        deltas, losses = [], []
+        for k in range(ds.num_clients):
+            rows_k = ds.client_train_rows(k)
+            x, y = torch.from_numpy(ds.train.x[rows_k]), torch.from_numpy(ds.train.y[rows_k])
+            dw, db, loss = hand_sgd(w.float(), b.float(), x, y, seed=derive_seed(cfg.seed, "client", r, k),
+                                    epochs=c.local_epochs, batch_size=c.batch_size, lr=c.optimizer.lr * c.lr_decay**r,
+                                    momentum=c.optimizer.momentum)
+            deltas.append((dw, db))
+            losses.append(loss)
+        n = sum(sizes)
+        mean_w = sum(s * d[0] for s, d in zip(sizes, deltas)) / n
+        mean_b = sum(s * d[1] for s, d in zip(sizes, deltas)) / n
+        equal_w = sum(d[0] for d in deltas) / len(deltas)
+        assert (mean_w - equal_w).abs().max() > 1e-2  # equal weighting would be caught
+        vw, vb = a.server_momentum * vw + mean_w, a.server_momentum * vb + mean_b
+        w, b = w + a.server_lr * vw, b + a.server_lr * vb
+
+        row = rows[r]
+        assert row["round"] == r + 1 and row["clients_done"] == 12
+        assert row["train_loss"] == pytest.approx(sum(s * loss for s, loss in zip(sizes, losses)) / n, rel=1e-5)
+        examples = n * c.local_epochs
+        assert row["flops_executed"] == pytest.approx(LOGREG_FLOPS_PER_EXAMPLE * examples, rel=1e-12)
+
+    torch.testing.assert_close(got.weights["classifier.weight"].double(), w, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.weights["classifier.bias"].double(), b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got.buffers[MOMENTUM_PREFIX + "classifier.weight"].double(), vw, rtol=1e-4, atol=1e-5)
+    assert (w - init["classifier.weight"].double()).abs().max() > 1e-2  # training really moved the model
+
+
+def test_masked_round_costs_and_clock_with_several_epochs(masked_round):
+    """Per client, in a masked round on mixed devices with two local epochs: executed FLOPs are
+    the dense count times the examples processed (epochs x samples), effective FLOPs scale the
+    masked layer by its density, the download (weights plus mask) and the upload (kept entries)
+    differ, and the simulated time is the profile's arithmetic on exactly those numbers."""
+    rnd = masked_round
+    epochs = rnd.cfg.clients.local_epochs
+    assert epochs > 1
+    mask = rnd.plan.broadcast.masks["classifier.weight"]
+    density = float(mask.float().mean())
+    assert density == pytest.approx(0.4)
+    down = rnd.plan.broadcast.payload_bytes
+    seen_profiles = set()
+    for task in rnd.plan.tasks:
+        t = rnd.runner.run([task], rnd.plan.broadcast).tally
+        samples = len(rnd.dataset.client_train_rows(task.client))
+        assert t.get("train_examples") == samples * epochs
+        assert t.get("train_flops_executed") == pytest.approx(LOGREG_FLOPS_PER_EXAMPLE * samples * epochs, rel=1e-12)
+        assert t.get("train_flops_effective") == pytest.approx(
+            LOGREG_FLOPS_PER_EXAMPLE * density * samples * epochs, rel=1e-12)
+        up = t.get("train_bytes_up")
+        assert t.get("train_bytes_down") == down and up < down - 100  # the mask rides only the download
+        p = rnd.population.profile(task.client)
+        seen_profiles.add(p.name)
+        want = (LOGREG_FLOPS_PER_EXAMPLE * samples * epochs / p.flops_per_s + 8 * down / p.down_bps
+                + 8 * up / p.up_bps + p.latency_s)
+        assert t.maxes["train_sim_time_s"] == pytest.approx(want, rel=1e-12)
+        swapped = want - 8 * up / p.up_bps + 8 * up / p.down_bps  # download timed from the upload's bytes
+        assert abs(swapped - want) > 1e-6 * want
+    assert len(seen_profiles) > 1
+
+
+def test_masked_upload_carries_only_kept_entries(masked_round):
+    rnd = masked_round
+    mask = rnd.plan.broadcast.masks["classifier.weight"]
+    partial = rnd.runner.run(rnd.plan.tasks, rnd.plan.broadcast)
+    delta = partial.stats["delta"].mean()["classifier.weight"]
+    assert not bool(delta[~mask].any()) and bool(delta[mask].abs().gt(0).all())
+
+
+def test_clock_predictor_scales_compute_with_local_epochs(small_config):
+    """The driver's over-commit prediction, worked out by hand for a dense round with three epochs."""
+    rnd = plan_round(small_config(clients={"local_epochs": 3}, devices=MIXED_DEVICES), 0, [0, 1, 2, 10])
+    predictor = ClockPredictor(rnd.dataset, rnd.population, rnd.runner.model_factory)
+    payload = rnd.plan.broadcast.payload_bytes
+    want = []
+    for task in rnd.plan.tasks:
+        p = rnd.population.profile(task.client)
+        flops = LOGREG_FLOPS_PER_EXAMPLE * len(rnd.dataset.client_train_rows(task.client)) * 3
+        want.append(flops / p.flops_per_s + 8 * payload / p.down_bps + 8 * payload / p.up_bps + p.latency_s)
+    assert predictor.predict_s(rnd.plan.tasks, rnd.plan.broadcast).tolist() == pytest.approx(want, rel=1e-9)
+    actual = [rnd.runner.run([t], rnd.plan.broadcast).tally.maxes["train_sim_time_s"] for t in rnd.plan.tasks]
+    assert actual == pytest.approx(want, rel=1e-9)  # dense: the upload is as large as the download
+
+
+def test_a_clients_shuffles_change_with_the_round(small_config):
+    """The same client from the same weights at the same lr: round 1 and round 2 draw different
+    batches (the seed derives from the round), while the same round repeats exactly."""
+    cfg = small_config(clients={"lr_decay": 1.0})
+    big = 1  # 720 rows: many batches, so the order matters
+    first, second = plan_round(cfg, 0, [big]), plan_round(cfg, 1, [big])
+    assert first.plan.tasks[0].lr == second.plan.tasks[0].lr
+    assert first.plan.tasks[0].seed != second.plan.tasks[0].seed
+
+    def delta(rnd):
+        return rnd.runner.run(rnd.plan.tasks, rnd.plan.broadcast).stats["delta"].mean()["classifier.weight"]
+
+    a, b, again = delta(first), delta(second), delta(plan_round(cfg, 0, [big]))
+    assert torch.equal(a, again)
+    assert (a - b).abs().max() > 1e-4
+
+
+def _robust(x: torch.Tensor) -> torch.Tensor:
+    q25, median, q75 = torch.quantile(x.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return ((x.double() - median) / (q75 - q25)).float()
+
+
+def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small_config):
+    """One adaptive round under robust (median / IQR) normalisation, recomputed by hand: the
+    fresh guidance is each client's squared update, sample-weighted, normalised per tensor over
+    the coordinates the mask kept (pruned ones score 0), then blended into the running guidance."""
+    cfg = small_config(model={"name": "mlp", "hidden": 32},
+                       algorithm={"name": "autoflip_unstructured",
+                                  "pruning": {"normalise": "robust", "sparsity": 0.6, "ramp_rounds": 0,
+                                              "alpha": 0.5, "explore_epochs": 1, "explore_fraction": 0.5}})
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    example = torch.from_numpy(ds.train.x[:1])
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
+    algo = build_algorithm(cfg, factory, example)
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
+    state = algo.init_state(factory(None).state_dict())
+    setup = algo.setup_plan(state, ds.num_clients)
+    state, _ = algo.finish_setup(state, setup, runner.run(setup.tasks, setup.broadcast))
+    masks = {k.removeprefix("mask/"): v for k, v in state.buffers.items() if k.startswith("mask/")}
+    old = {k.removeprefix("guidance/"): v for k, v in state.buffers.items() if k.startswith("guidance/")}
+    assert masks.keys() == old.keys() and all(0 < int((~m).sum()) < m.numel() for m in masks.values())
+
+    plan = algo.configure_round(state, 0, [0, 1, 2, 10])
+    per_client = [runner.run([t], plan.broadcast) for t in plan.tasks]
+    sizes = [len(ds.client_train_rows(t.client)) for t in plan.tasks]
+    new_state, _ = algo.aggregate(state, plan, runner.run(plan.tasks, plan.broadcast))
+    got = {k.removeprefix("guidance/"): v for k, v in new_state.buffers.items() if k.startswith("guidance/")}
+
+    for name, kept in masks.items():
+        # each client's squared delta, sample-weighted over the clients
+        sq = sum(n * p.stats["delta"].mean(torch.float64)[name] ** 2 for n, p in zip(sizes, per_client)) / sum(sizes)
+        fresh = torch.zeros(kept.shape)
+        fresh[kept] = _robust(sq[kept])
+        want = 0.5 * old[name] + 0.5 * fresh
+        torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-5)
+        everywhere = 0.5 * old[name] + 0.5 * _robust(sq)  # normalised with the pruned zeros included
+        assert (everywhere - want).abs().max() > 1e-2
