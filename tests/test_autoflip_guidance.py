@@ -46,12 +46,18 @@ def test_non_finite_input_is_an_error_naming_the_tensor():
         normalise({"w": torch.ones(2)}, "zscore")
 
 
-def test_large_tensor_quantiles_match_torch_quantile(monkeypatch):
-    x = torch.randn(1001, generator=torch.Generator().manual_seed(0)) ** 2
+# 1001 entries put every quartile on an element; 1000 puts them between two (249.75,
+# 499.5, 749.25), so the kthvalue path must interpolate as torch.quantile does.
+@pytest.mark.parametrize("n", [1000, 1001])
+def test_large_tensor_quantiles_match_torch_quantile(monkeypatch, n):
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0)) ** 2
     q25, q50, q75 = torch.quantile(x, torch.tensor([0.25, 0.5, 0.75]))
     monkeypatch.setattr(guidance, "TORCH_QUANTILE_LIMIT", 10)
     out = normalise({"w": x}, "robust")["w"]
     assert torch.allclose(out, (x - q50) / (q75 - q25), atol=1e-6)
+    qs = (0.0, 0.1, 0.25, 0.5, 0.75, 0.999, 1.0)
+    want = torch.quantile(x.double(), torch.tensor(qs, dtype=torch.float64)).tolist()
+    assert guidance._quantiles(x, qs) == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.parametrize("method", ["minmax", "robust"])

@@ -37,6 +37,31 @@ def test_profile_numbers_are_validated(field, value):
         profile(**{field: value})
 
 
+@pytest.mark.parametrize(("field", "value"), [("flops_per_s", True), ("down_bps", "5e6"), ("flops_per_s", float("inf"))])
+def test_profile_numbers_must_be_real_finite_numbers(field, value):
+    with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+        profile(**{field: value})
+
+
+def test_profile_boundaries_that_are_allowed():
+    """Throughput and bandwidth below 1 are still positive; no latency; always online."""
+    p = profile(flops_per_s=0.5, down_bps=0.25, up_bps=0.75, latency_s=0.0, availability=1.0)
+    assert (p.flops_per_s, p.latency_s, p.availability) == (0.5, 0.0, 1.0)
+    assert Population([p], np.zeros(1000, dtype=np.uint8)).available(0, seed=0).all()
+
+
+def test_availability_refuses_negative_rounds_and_seeds():
+    population = Population.from_mix(10, {"phone_mid": 1}, seed=0)
+    for round_idx, seed in ((-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match="round_idx and seed must be >= 0"):
+            population.available(round_idx, seed)
+
+
+def test_counts_name_every_profile_even_an_unused_one():
+    population = Population([CATALOGUE["iot"], CATALOGUE["laptop"]], np.zeros(5, dtype=np.uint8))
+    assert population.counts() == {"iot": 5, "laptop": 0}
+
+
 def test_catalogue_is_self_consistent():
     low, mid, high = CATALOGUE["phone_low"], CATALOGUE["phone_mid"], CATALOGUE["phone_high"]
     laptop, iot, gpu = CATALOGUE["laptop"], CATALOGUE["iot"], CATALOGUE["datacenter_gpu"]

@@ -9,6 +9,10 @@ torch.quantile. Each also checks that the mistake it guards against would move t
 number it pins (a test that cannot fail is no test).
 """
 
+import math
+import time
+
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -17,11 +21,12 @@ import torch.nn.functional as F
 from conftest import MIXED_DEVICES, plan_round
 from raysim.algorithms import build_algorithm
 from raysim.algorithms.server_update import MOMENTUM_PREFIX
+from raysim.costs.payload import encode_dense
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.clock import ClockPredictor
 from raysim.engine.runner import ClientRunner
-from raysim.engine.seeds import derive_seed
+from raysim.engine.seeds import derive_seed, rng_for
 from raysim.experiment import execute, model_factory, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
 
@@ -54,13 +59,18 @@ def hand_sgd(weight, bias, x, y, *, seed, epochs, batch_size, lr, momentum):
     return (w.detach() - weight).double(), (b.detach() - bias).double(), last_loss
 
 
+def _hand_eval(w, b, x, y):
+    """(mean loss, accuracy) of the logistic regression (w, b) on (x, y)."""
+    logits = F.linear(x, w.float(), b.float())
+    return float(F.cross_entropy(logits, y)), int((logits.argmax(1) == y).sum()) / len(y)
+
+
 def test_two_fedavg_rounds_equal_the_hand_computed_sample_weighted_server_steps(small_config):
     """Every client of unequal size (14 to 720 rows) takes part, for two local epochs with
     momentum and a decaying lr; the server applies the sample-weighted mean delta with server
-    momentum and a server lr. The final weights, the server momentum and the logged losses and
-    costs must be the hand-computed ones."""
-    cfg = small_config(rounds=2, clients={"per_round": 12}, devices={"use_availability": False},
-                       eval={"clients": False})
+    momentum and a server lr. The final weights, the server momentum and every logged number
+    of each round (losses, accuracies, FLOPs, bytes, simulated time) must be the hand-computed ones."""
+    cfg = small_config(rounds=2, clients={"per_round": 12}, devices={"use_availability": False})
     run_dir = new_run(cfg)
     execute(cfg, run_dir)
     got = load_checkpoint(latest_checkpoint(run_dir))
@@ -68,6 +78,14 @@ def test_two_fedavg_rounds_equal_the_hand_computed_sample_weighted_server_steps(
 
     ds = load_federated_dataset(cfg.data, cfg.seed)
     init = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))(None).state_dict()
+    population = Population.from_mix(ds.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
+    payload = len(encode_dense(init))  # dense FedAvg: the same size each way
+    test_x, test_y = torch.from_numpy(ds.test.x), torch.from_numpy(ds.test.y)
+    with_holdout = [k for k in range(ds.num_clients) if ds.holdout_counts[k] > 0]
+    eval_clients = sorted(int(k) for k in rng_for(cfg.seed, "eval").permutation(with_holdout)[:cfg.eval.max_clients])
+    holdout = [ds.client_holdout_rows(k) for k in eval_clients]
+    holdout_x, holdout_y = (torch.from_numpy(ds.train.x[np.concatenate(holdout)]),
+                            torch.from_numpy(ds.train.y[np.concatenate(holdout)]))
     c, a = cfg.clients, cfg.algorithm
     sizes = [len(ds.client_train_rows(k)) for k in range(ds.num_clients)]
     assert min(sizes) < 20 and max(sizes) > 500  # the case that tells weighted from unweighted means
@@ -92,15 +110,26 @@ def test_two_fedavg_rounds_equal_the_hand_computed_sample_weighted_server_steps(
         w, b = w + a.server_lr * vw, b + a.server_lr * vb
 
         row = rows[r]
-        assert row["round"] == r + 1 and row["clients_done"] == 12
+        assert (row["round"], row["phase"], row["clients_sampled"], row["clients_done"], row["clients_dropped"],
+                row["clients_failed"]) == (r + 1, "train", 12, 12, 0, 0)
         assert row["train_loss"] == pytest.approx(sum(s * loss for s, loss in zip(sizes, losses)) / n, rel=1e-5)
-        examples = n * c.local_epochs
-        assert row["flops_executed"] == pytest.approx(LOGREG_FLOPS_PER_EXAMPLE * examples, rel=1e-12)
+        flops = [LOGREG_FLOPS_PER_EXAMPLE * s * c.local_epochs for s in sizes]
+        assert row["flops_executed"] == row["flops_effective"] == pytest.approx(sum(flops), rel=1e-12)
+        assert row["bytes_down"] == row["bytes_up"] == 12 * payload
+        times = [f / p.flops_per_s + 8 * payload / p.down_bps + 8 * payload / p.up_bps + p.latency_s
+                 for f, p in zip(flops, map(population.profile, range(ds.num_clients)))]
+        assert row["sim_time_s"] == pytest.approx(max(times), rel=1e-12)
+        loss, accuracy = _hand_eval(w, b, test_x, test_y)
+        assert row["loss"] == pytest.approx(loss, rel=1e-4) and row["accuracy"] == pytest.approx(accuracy, abs=1e-9)
+        loss, accuracy = _hand_eval(w, b, holdout_x, holdout_y)
+        assert row["client_loss"] == pytest.approx(loss, rel=1e-4)
+        assert row["client_accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
     torch.testing.assert_close(got.weights["classifier.weight"].double(), w, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got.weights["classifier.bias"].double(), b, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(got.buffers[MOMENTUM_PREFIX + "classifier.weight"].double(), vw, rtol=1e-4, atol=1e-5)
     assert (w - init["classifier.weight"].double()).abs().max() > 1e-2  # training really moved the model
+    assert 0.2 < rows[-1]["accuracy"] < 1  # and the accuracies pinned are not degenerate
 
 
 def test_masked_round_costs_and_clock_with_several_epochs(masked_round):
@@ -180,14 +209,8 @@ def _robust(x: torch.Tensor) -> torch.Tensor:
     return ((x.double() - median) / (q75 - q25)).float()
 
 
-def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small_config):
-    """One adaptive round under robust (median / IQR) normalisation, recomputed by hand: the
-    fresh guidance is each client's squared update, sample-weighted, normalised per tensor over
-    the coordinates the mask kept (pruned ones score 0), then blended into the running guidance."""
-    cfg = small_config(model={"name": "mlp", "hidden": 32},
-                       algorithm={"name": "autoflip_unstructured",
-                                  "pruning": {"normalise": "robust", "sparsity": 0.6, "ramp_rounds": 0,
-                                              "alpha": 0.5, "explore_epochs": 1, "explore_fraction": 0.5}})
+def _explored(cfg):
+    """A pruning method after its set-up phase: (dataset, algorithm, runner, state)."""
     ds = load_federated_dataset(cfg.data, cfg.seed)
     example = torch.from_numpy(ds.train.x[:1])
     factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
@@ -195,7 +218,43 @@ def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small
     runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
     state = algo.init_state(factory(None).state_dict())
     setup = algo.setup_plan(state, ds.num_clients)
-    state, _ = algo.finish_setup(state, setup, runner.run(setup.tasks, setup.broadcast))
+    if setup is not None:
+        state, _ = algo.finish_setup(state, setup, runner.run(setup.tasks, setup.broadcast))
+    return ds, algo, runner, state
+
+
+def _robust_autoflip(small_config, **pruning):
+    return small_config(model={"name": "mlp", "hidden": 32},
+                        algorithm={"name": "autoflip_unstructured",
+                                   "pruning": {"normalise": "robust", "sparsity": 0.6, "ramp_rounds": 0,
+                                               "alpha": 0.5, "explore_epochs": 1, "explore_fraction": 0.5,
+                                               **pruning}})
+
+
+@pytest.mark.parametrize("regrowth", ["allow", "freeze"])
+def test_regrowth_freeze_keeps_pruned_coordinates_pruned_and_allow_regrows(small_config, regrowth):
+    """Under robust normalisation a kept coordinate's fresh guidance can fall below a pruned one's
+    0, so with `allow` some pruned coordinates come back while the sparsity ramps; `freeze` never
+    lets one back. Both keep the exact count the schedule asks for."""
+    ds, algo, runner, state = _explored(_robust_autoflip(small_config, ramp_rounds=3, alpha=0.2, regrowth=regrowth))
+    regrown = 0
+    for r in range(3):
+        before = {k: v.clone() for k, v in state.buffers.items() if k.startswith("mask/")}
+        plan = algo.configure_round(state, r, [0, 1, 2, 10])
+        state, metrics = algo.aggregate(state, plan, runner.run(plan.tasks, plan.broadcast))
+        after = {k: v for k, v in state.buffers.items() if k.startswith("mask/")}
+        regrown += sum(int((~before[k] & after[k]).sum()) for k in after)
+        total = sum(m.numel() for m in after.values())
+        assert sum(int((~m).sum()) for m in after.values()) == math.floor(0.6 * (r + 1) / 3 * total + 1e-9)
+    assert (regrown > 0) == (regrowth == "allow")
+
+
+def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small_config):
+    """One adaptive round under robust (median / IQR) normalisation, recomputed by hand: the
+    fresh guidance is each client's squared update, sample-weighted, normalised per tensor over
+    the coordinates the mask kept (pruned ones score 0), then blended into the running guidance."""
+    cfg = _robust_autoflip(small_config)
+    ds, algo, runner, state = _explored(cfg)
     masks = {k.removeprefix("mask/"): v for k, v in state.buffers.items() if k.startswith("mask/")}
     old = {k.removeprefix("guidance/"): v for k, v in state.buffers.items() if k.startswith("guidance/")}
     assert masks.keys() == old.keys() and all(0 < int((~m).sum()) < m.numel() for m in masks.values())
@@ -215,3 +274,84 @@ def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small
         torch.testing.assert_close(got[name], want, rtol=1e-4, atol=1e-5)
         everywhere = 0.5 * old[name] + 0.5 * _robust(sq)  # normalised with the pruned zeros included
         assert (everywhere - want).abs().max() > 1e-2
+
+
+def mlp_training_flops(widths: list[int]) -> int:
+    """Per-example training FLOPs of an MLP with these layer widths (input first, classes
+    last): forward 2 * fan_in * fan_out per layer, a weight gradient as large, and an input
+    gradient as large for every layer but the first (its input is data)."""
+    layers = list(zip(widths[:-1], widths[1:]))
+    return sum((4 if i == 0 else 6) * fan_in * fan_out for i, (fan_in, fan_out) in enumerate(layers))
+
+
+def test_clock_predictor_bills_the_pruned_architecture_it_is_given(small_config):
+    """After structured pruning the predictor must cost the smaller model, per architecture."""
+    cfg = small_config(model={"name": "mlp", "hidden": 32},
+                       algorithm={"name": "autoflip_structured",
+                                  "pruning": {"structured_fraction": 0.25, "explore_epochs": 1}})
+    ds, algo, runner, state = _explored(cfg)
+    factory, pop = runner.model_factory, runner.population
+    widths = [D, state.weights["features.1.weight"].shape[0], state.weights["features.3.weight"].shape[0], C]
+    assert widths[1:3] == [24, 24]  # a quarter of 32 units removed from each hidden layer
+
+    predictor = ClockPredictor(ds, pop, factory)
+    assert predictor.flops_per_example(None) == mlp_training_flops([D, 32, 32, C]) == 15744
+    assert predictor.flops_per_example(state.meta["arch"]) == mlp_training_flops(widths) == 10656
+    assert predictor.flops_per_example(None) == 15744  # cached per architecture, not once for all
+
+    plan = algo.configure_round(state, 0, [0, 10])
+    for task, seconds in zip(plan.tasks, predictor.predict_s(plan.tasks, plan.broadcast)):
+        p = pop.profile(task.client)
+        flops = 10656 * len(ds.client_train_rows(task.client)) * cfg.clients.local_epochs
+        payload = plan.broadcast.payload_bytes
+        assert seconds == pytest.approx(flops / p.flops_per_s + 8 * payload / p.down_bps + 8 * payload / p.up_bps
+                                        + p.latency_s, rel=1e-12)
+
+
+def test_client_evaluation_sums_each_clients_held_out_rows(masked_round):
+    """Client-side evaluation of the masked broadcast: loss, correct predictions and examples
+    summed over clients, recomputed from the broadcast weights on each client's held-out rows."""
+    rnd = masked_round
+    b = rnd.plan.broadcast
+    clients = [0, 1, 10]
+    tasks = [type(rnd.plan.tasks[0])(1, k, 0, "evaluate") for k in clients]
+    t = rnd.runner.run(tasks, b).tally
+    w, bias = b.weights["classifier.weight"], b.weights["classifier.bias"]
+    assert not bool(w[~b.masks["classifier.weight"]].any())  # evaluated as pruned
+    loss_sum = correct = n = 0
+    for k in clients:
+        rows = rnd.dataset.client_holdout_rows(k)
+        assert len(rows) > 0
+        x, y = torch.from_numpy(rnd.dataset.train.x[rows]), torch.from_numpy(rnd.dataset.train.y[rows])
+        logits = F.linear(x, w, bias)
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    assert t.get("eval_examples") == n and t.get("eval_clients") == len(clients)
+    assert t.get("eval_correct") == correct
+    assert t.get("eval_loss_sum") == pytest.approx(loss_sum, rel=1e-6)
+    assert t.get("train_done") == 0 and t.get("train_flops_executed") == 0  # evaluation bills no training
+
+
+def test_evaluation_runs_every_k_rounds_and_after_the_last(small_config):
+    cfg = small_config(rounds=5, eval={"every": 2})
+    run_dir = new_run(cfg)
+    execute(cfg, run_dir)
+    rows = pq.read_table(run_dir / "rounds.parquet").to_pylist()
+    evaluated = [r["round"] for r in rows if r.get("accuracy") is not None and not math.isnan(r["accuracy"])]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5] and evaluated == [2, 4, 5]
+    assert all(math.isfinite(rows[i - 1]["client_accuracy"]) for i in evaluated)
+
+
+def test_exploration_is_logged_as_round_zero_with_its_explorers(small_config):
+    cfg = small_config(rounds=1, model={"name": "mlp", "hidden": 16},
+                       algorithm={"name": "autoflip", "pruning": {"explore_fraction": 0.5, "explore_epochs": 1}})
+    run_dir = new_run(cfg)
+    start = time.perf_counter()
+    execute(cfg, run_dir)
+    elapsed = time.perf_counter() - start
+    explore, train = pq.read_table(run_dir / "rounds.parquet").to_pylist()
+    assert (explore["round"], explore["phase"], explore["clients_sampled"], explore["clients_done"]) == (0, "explore", 6, 6)
+    assert (train["round"], train["phase"]) == (1, "train")
+    assert 0 < explore["wall_time_s"] < elapsed and 0 < train["wall_time_s"] < elapsed
+    assert math.isfinite(explore["accuracy"])

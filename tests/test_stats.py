@@ -79,3 +79,18 @@ def test_merge_all_is_a_left_fold_in_the_given_order():
     merged = merge_all(parts)
     assert [f.client for f in merged.failures] == [0, 1, 2, 3]
     assert merged.stats["d"].total["w"].item() == ((1.0 + 2.0**60) - 2.0**60) + 3.0 == 3.0  # reversed: 4.0
+
+
+def test_tally_merge_keeps_the_larger_gauge_from_either_side():
+    a, b = Tally(), Tally()
+    a.max(t=7.0, only_a=1.0)
+    b.max(t=2.0, only_b=3.0)
+    assert (a + b).maxes == (b + a).maxes == {"t": 7.0, "only_a": 1.0, "only_b": 3.0}
+
+
+def test_a_failure_records_round_client_kind_and_reason_and_counts_by_kind():
+    p = Partial()
+    p.add_failure(4, 17, "explore", "RuntimeError: boom")
+    p.add_failure(4, 18, "train", "x")
+    assert p.failures[0] == ClientFailure(4, 17, "explore", "RuntimeError: boom")
+    assert p.tally.sums == {"explore_failed": 1, "train_failed": 1}
