@@ -103,7 +103,8 @@ class ClientConfig(_Section):
         return self
 
 
-ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structured", "autoflip_static", "random", "magnitude")
+ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structured", "autoflip_static", "random", "magnitude",
+              "hybrid_random", "hybrid_magnitude")
 
 
 class PruningConfig(_Section):

@@ -16,8 +16,9 @@ def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_
         return FedAvg(cfg)
     # Imported lazily: the pruning methods live in the autoflip package.
     from autoflip.algorithm import VARIANTS, AutoFLIP
-    from autoflip.baselines import MagnitudePruning, RandomPruning
+    from autoflip.baselines import HybridMagnitude, HybridRandom, MagnitudePruning, RandomPruning
 
     if name in VARIANTS:
         return AutoFLIP(cfg, model_factory, example_input)
-    return {"random": RandomPruning, "magnitude": MagnitudePruning}[name](cfg, model_factory, example_input)
+    baselines = {c.name: c for c in (RandomPruning, MagnitudePruning, HybridRandom, HybridMagnitude)}
+    return baselines[name](cfg, model_factory, example_input)
