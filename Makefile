@@ -34,6 +34,8 @@ test: setup data
 # MUTANTS='raysim.engine.stats.*' re-tests just those, keeping the other results.
 # `$(VENV)/bin/mutmut run --max-children 2` resumes an interrupted run;
 # `$(VENV)/bin/python tools/mutation_report.py --diff` shows each survivor's change.
+# One torch thread per mutant process: two processes of two threads each on two cores
+# would only contend (the tests pass the same with one thread).
 MUTATE_JOBS ?= 2
 MUTANTS ?=
 $(VENV)/.mutation: $(VENV)/.installed
@@ -42,5 +44,5 @@ $(VENV)/.mutation: $(VENV)/.installed
 
 mutate: $(VENV)/.mutation
 	$(if $(MUTANTS),,rm -rf mutants)
-	$(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
+	OMP_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) $(MUTANTS)
 	@$(VENV)/bin/python tools/mutation_report.py
