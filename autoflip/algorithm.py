@@ -1,5 +1,5 @@
 """AutoFLIP: federated loss exploration, then hybrid structured + unstructured
-pruning with a mask that adapts every round (../shared/docs/method.md).
+pruning with a mask that adapts every round (docs/method.md).
 
 Choices the method text leaves open, made explicit:
 - Structured removal happens once, from the exploration guidance; later rounds

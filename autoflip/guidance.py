@@ -2,7 +2,7 @@
 
 Clients send `D_k = (theta_k - theta_ref)**2` as a `WeightedSum`; its mean is the
 sample-weighted guidance `G`, normalised per tensor before any quantile is taken
-(method.md sections 1 and 3).
+(docs/method.md sections 1 and 3).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Structured pruning (method.md section 2): score units, pick the weakest, remove them physically.
+"""Structured pruning (docs/method.md section 2): score units, pick the weakest, remove them physically.
 
 The server decides, clients replay:
 

@@ -108,7 +108,7 @@ ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structure
 
 
 class PruningConfig(_Section):
-    """AutoFLIP and the pruning baselines (see ../shared/docs/method.md); ignored by fedavg."""
+    """AutoFLIP and the pruning baselines (see docs/method.md); ignored by fedavg."""
 
     sparsity: float = Field(0.5, ge=0, lt=1, description="unstructured target: share of prunable weights zeroed (after structured removal)")
     structured_fraction: float = Field(0.3, ge=0, lt=1, description="q_s: share of units removed per prunable layer")

@@ -23,7 +23,7 @@ from raysim.config import ModelConfig
 
 ImageShape = tuple[int, int, int]
 
-# Layers whose weights pruning may touch (method.md section 2: conv / linear / rnn).
+# Layers whose weights pruning may touch (docs/method.md section 2: conv / linear / rnn).
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LSTM)
 
 
@@ -229,7 +229,7 @@ def output_layer_name(model: nn.Module) -> str:
 def prunable_layer_names(model: nn.Module) -> list[str]:
     """Conv / Linear / LSTM layers that pruning may touch: all but the output layer.
 
-    Norm layers, embeddings and biases are never pruned (method.md section 2).
+    Norm layers, embeddings and biases are never pruned (docs/method.md section 2).
     """
     output = output_layer_name(model)
     return [
