@@ -118,6 +118,31 @@ def plan_round(cfg, round_idx: int, clients: list[int], masks: dict | None = Non
     return Round(cfg, ds, pop, runner.algorithm, runner, state, runner.algorithm.configure_round(state, round_idx, clients))
 
 
+def algorithm_parts(cfg):
+    """(dataset, model factory, algorithm, runner on laptops) for `cfg`, built as a run builds them."""
+    from raysim.algorithms import build_algorithm
+    from raysim.data.loading import load_federated_dataset
+    from raysim.devices import Population
+    from raysim.engine.runner import ClientRunner
+    from raysim.experiment import model_factory
+
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    example = torch.from_numpy(ds.train.x[:1])
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
+    algo = build_algorithm(cfg, factory, example)
+    return ds, factory, algo, ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
+
+
+def explored(cfg):
+    """algorithm_parts plus the state after the algorithm's set-up phase (if it has one)."""
+    ds, factory, algo, runner = algorithm_parts(cfg)
+    state = algo.init_state(factory(None).state_dict())
+    setup = algo.setup_plan(state, ds.num_clients)
+    if setup is not None:
+        state, _ = algo.finish_setup(state, setup, runner.run(setup.tasks, setup.broadcast))
+    return ds, factory, algo, runner, state
+
+
 # Mixed slow and fast devices, so simulated times differ by client.
 MIXED_DEVICES = {"mix": {"phone_low": 0.5, "laptop": 0.5}, "use_availability": False}
 

@@ -6,17 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import write_leaf
-from raysim.algorithms import build_algorithm
+from conftest import algorithm_parts, explored, write_leaf
 from raysim.algorithms.fedavg import state_masks
 from raysim.config import ALGORITHMS
 from raysim.costs.payload import encode_masked
-from raysim.data.loading import load_federated_dataset
-from raysim.devices import Population
 from raysim.engine.api import ClientData
 from raysim.engine.loop import Evaluator
-from raysim.engine.runner import ClientRunner
-from raysim.experiment import execute, model_factory, new_run
+from raysim.experiment import execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
 
 MLP = {"name": "mlp", "hidden": 32}
@@ -26,27 +22,10 @@ def autoflip(name="autoflip", **pruning):
     return {"name": name, "pruning": {"explore_epochs": 2, **pruning}}
 
 
-def _parts(cfg):
-    ds = load_federated_dataset(cfg.data, cfg.seed)
-    example = torch.from_numpy(ds.train.x[:1])
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
-    algo = build_algorithm(cfg, factory, example)
-    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
-    return ds, factory, algo, runner
-
-
-def _explored(cfg):
-    ds, factory, algo, runner = _parts(cfg)
-    state = algo.init_state(factory(None).state_dict())
-    plan = algo.setup_plan(state, ds.num_clients)
-    state, _ = algo.finish_setup(state, plan, runner.run(plan.tasks, plan.broadcast))
-    return ds, factory, algo, runner, state
-
-
 def test_exploration_prunes_structurally_and_masks_hold_through_training(small_config):
     cfg = small_config(model=MLP, clients={"optimizer": {"name": "adam", "lr": 0.01}},
                        algorithm=autoflip(sparsity=0.6, structured_fraction=0.25, ramp_rounds=0))
-    ds, factory, algo, runner, state = _explored(cfg)
+    ds, factory, algo, runner, state = explored(cfg)
     assert state.meta["arch"]  # a replayable record of the removed units
     dense = factory(None)
     pruned = factory(state.meta["arch"])
@@ -66,12 +45,12 @@ def test_exploration_prunes_structurally_and_masks_hold_through_training(small_c
 
 def test_pruned_clients_run_fewer_flops_and_bytes_match_the_encoding(small_config):
     cfg = small_config(model=MLP, algorithm=autoflip(sparsity=0.5, structured_fraction=0.5, ramp_rounds=0))
-    ds, factory, algo, runner, state = _explored(cfg)
+    ds, factory, algo, runner, state = explored(cfg)
     plan = algo.configure_round(state, 0, [0, 1])
     pruned = runner.run(plan.tasks, plan.broadcast).tally
 
     fed_cfg = small_config(model=MLP)
-    _, f_factory, fedavg, f_runner = _parts(fed_cfg)
+    _, f_factory, fedavg, f_runner = algorithm_parts(fed_cfg)
     f_plan = fedavg.configure_round(fedavg.init_state(f_factory(None).state_dict()), 0, [0, 1])
     dense = f_runner.run(f_plan.tasks, f_plan.broadcast).tally
     assert pruned.get("train_examples") == dense.get("train_examples")

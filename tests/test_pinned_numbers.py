@@ -18,14 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MIXED_DEVICES, plan_round
-from raysim.algorithms import build_algorithm
+from conftest import MIXED_DEVICES, explored, plan_round
 from raysim.algorithms.server_update import MOMENTUM_PREFIX
 from raysim.costs.payload import encode_dense
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.clock import ClockPredictor
-from raysim.engine.runner import ClientRunner
 from raysim.engine.seeds import derive_seed, rng_for
 from raysim.experiment import execute, model_factory, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -209,20 +207,6 @@ def _robust(x: torch.Tensor) -> torch.Tensor:
     return ((x.double() - median) / (q75 - q25)).float()
 
 
-def _explored(cfg):
-    """A pruning method after its set-up phase: (dataset, algorithm, runner, state)."""
-    ds = load_federated_dataset(cfg.data, cfg.seed)
-    example = torch.from_numpy(ds.train.x[:1])
-    factory = model_factory(cfg, ds.input_shape, ds.num_classes, example)
-    algo = build_algorithm(cfg, factory, example)
-    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
-    state = algo.init_state(factory(None).state_dict())
-    setup = algo.setup_plan(state, ds.num_clients)
-    if setup is not None:
-        state, _ = algo.finish_setup(state, setup, runner.run(setup.tasks, setup.broadcast))
-    return ds, algo, runner, state
-
-
 def _robust_autoflip(small_config, **pruning):
     return small_config(model={"name": "mlp", "hidden": 32},
                         algorithm={"name": "autoflip_unstructured",
@@ -236,7 +220,7 @@ def test_regrowth_freeze_keeps_pruned_coordinates_pruned_and_allow_regrows(small
     """Under robust normalisation a kept coordinate's fresh guidance can fall below a pruned one's
     0, so with `allow` some pruned coordinates come back while the sparsity ramps; `freeze` never
     lets one back. Both keep the exact count the schedule asks for."""
-    ds, algo, runner, state = _explored(_robust_autoflip(small_config, ramp_rounds=3, alpha=0.2, regrowth=regrowth))
+    ds, _, algo, runner, state = explored(_robust_autoflip(small_config, ramp_rounds=3, alpha=0.2, regrowth=regrowth))
     regrown = 0
     for r in range(3):
         before = {k: v.clone() for k, v in state.buffers.items() if k.startswith("mask/")}
@@ -254,7 +238,7 @@ def test_autoflip_robust_guidance_is_normalised_over_surviving_coordinates(small
     fresh guidance is each client's squared update, sample-weighted, normalised per tensor over
     the coordinates the mask kept (pruned ones score 0), then blended into the running guidance."""
     cfg = _robust_autoflip(small_config)
-    ds, algo, runner, state = _explored(cfg)
+    ds, _, algo, runner, state = explored(cfg)
     masks = {k.removeprefix("mask/"): v for k, v in state.buffers.items() if k.startswith("mask/")}
     old = {k.removeprefix("guidance/"): v for k, v in state.buffers.items() if k.startswith("guidance/")}
     assert masks.keys() == old.keys() and all(0 < int((~m).sum()) < m.numel() for m in masks.values())
@@ -289,7 +273,7 @@ def test_clock_predictor_bills_the_pruned_architecture_it_is_given(small_config)
     cfg = small_config(model={"name": "mlp", "hidden": 32},
                        algorithm={"name": "autoflip_structured",
                                   "pruning": {"structured_fraction": 0.25, "explore_epochs": 1}})
-    ds, algo, runner, state = _explored(cfg)
+    ds, _, algo, runner, state = explored(cfg)
     factory, pop = runner.model_factory, runner.population
     widths = [D, state.weights["features.1.weight"].shape[0], state.weights["features.3.weight"].shape[0], C]
     assert widths[1:3] == [24, 24]  # a quarter of 32 units removed from each hidden layer
