@@ -188,3 +188,34 @@ def test_freeze_with_pruned_entries_scored_minus_inf_keeps_the_count_exact():
     fresh = unstructured_mask({"w": scores}, 0.5, "layer")
     frozen = regrow(prev, fresh, "freeze")
     assert torch.equal(frozen["w"], fresh["w"]) and int((~frozen["w"]).sum()) == 500
+
+
+def test_jaccard_pools_every_tensor_after_a_reshaped_one():
+    """A tensor whose shape changed is skipped, and the ones after it still count."""
+    prev = {"a": torch.ones(4, dtype=torch.bool), "b": torch.tensor([True, True, False, False]),
+            "c": torch.tensor([True, False])}
+    new = {"a": torch.ones(3, dtype=torch.bool), "b": torch.tensor([True, False, True, False]),
+           "c": torch.tensor([True, True])}
+    # b: |and| = 1, |or| = 3; c: 1 and 2  ->  2 / 5
+    assert jaccard(prev, new) == pytest.approx(2 / 5)
+    assert math.isnan(jaccard({"a": torch.ones(4, dtype=torch.bool)}, {"a": torch.ones(3, dtype=torch.bool)}))
+
+
+def test_random_mask_covers_names_listed_after_an_unlisted_one():
+    ref = {"skip": torch.zeros(4), "w": torch.zeros(10), "v": torch.zeros(20)}
+    masks = random_mask(ref, {"w": 0.5, "v": 0.25}, torch.Generator().manual_seed(0))
+    assert set(masks) == {"w", "v"} and int((~masks["w"]).sum()) == 5 and int((~masks["v"]).sum()) == 5
+
+
+def test_layer_sparsity_of_an_empty_tensor_is_zero():
+    assert layer_sparsity({"e": torch.ones(0, dtype=torch.bool), "w": torch.tensor([True, False])}) == {"e": 0.0, "w": 0.5}
+
+
+def test_global_magnitude_pruning_never_wipes_out_a_layer():
+    """Under global allocation a layer of tiny weights would lose every entry; keep_at_least
+    (1 by default, passed through) keeps its largest one and prunes elsewhere instead."""
+    weights = {"tiny": torch.full((4,), 1e-6) * torch.arange(1, 5), "big": torch.arange(1.0, 9.0)}
+    masks = magnitude_mask(weights, 0.5, "global")
+    assert masks["tiny"].tolist() == [False, False, False, True]
+    assert int((~masks["tiny"]).sum()) + int((~masks["big"]).sum()) == 6
+    assert magnitude_mask(weights, 0.5, "global", keep_at_least=0)["tiny"].sum() == 0

@@ -339,3 +339,15 @@ def test_exploration_is_logged_as_round_zero_with_its_explorers(small_config):
     assert (train["round"], train["phase"]) == (1, "train")
     assert 0 < explore["wall_time_s"] < elapsed and 0 < train["wall_time_s"] < elapsed
     assert math.isfinite(explore["accuracy"])
+
+
+def test_overcommit_deadline_is_the_keep_th_fastest_or_the_configured_one_if_sooner(small_config):
+    rnd = plan_round(small_config(devices=MIXED_DEVICES), 0, [0, 1, 2, 3, 4, 10])
+    predictor = ClockPredictor(rnd.dataset, rnd.population, rnd.runner.model_factory)
+    times = sorted(predictor.predict_s(rnd.plan.tasks, rnd.plan.broadcast).tolist())
+    tasks, b = rnd.plan.tasks, rnd.plan.broadcast
+    assert predictor.round_deadline(tasks, b, 3, None) == times[2]
+    assert predictor.round_deadline(tasks, b, 3, times[2] * 10) == times[2]  # the cut-off is sooner
+    assert predictor.round_deadline(tasks, b, 3, times[0] / 2) == times[0] / 2  # the configured one is sooner
+    assert predictor.round_deadline(tasks, b, 6, 123.0) == 123.0  # not over-committed: the config's deadline
+    assert predictor.round_deadline(tasks, b, 6, None) is None
