@@ -8,7 +8,9 @@ Choices the method text leaves open, made explicit:
   is normalised over the coordinates that survived the round (pruned ones score 0).
 - Regrown coordinates restart at 0 (they were 0 while pruned).
 - The exploration starts from the same initial weights every method gets, and
-  its cost is logged as round 0 so reports can show it or leave it out.
+  its cost is logged as round 0 so reports can show it or leave it out. With
+  `warm_start`, round 1 starts from the explorers' sample-weighted mean weights
+  (their change is uploaded and billed too).
 """
 from __future__ import annotations
 
@@ -67,18 +69,26 @@ class AutoFLIP(PrunedFedAvg):
             seed=task.seed, patience=self.pruning.explore_patience,
         )
         trained = model.state_dict()
-        # An explorer sends its squared deviations D_k, never its weights.
-        deviations = {k: (trained[k] - w) ** 2 for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        payload = self.encode(deviations, {}, include_mask=True)
-        received = decode(payload)
-        return ClientUpdate({"sq_dev": WeightedSum.of(received, len(data))}, len(payload), len(data),
-                            result.examples_processed, result.epoch_losses[-1])
+        change = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
+        # An explorer sends its squared deviations D_k; its weight change only for a warm start.
+        uploads = {"sq_dev": {k: d * d for k, d in change.items()}}
+        if self.pruning.warm_start:
+            uploads["delta"] = change
+        contribution, sent = {}, 0
+        for stat, tensors in uploads.items():
+            payload = self.encode(tensors, {}, include_mask=True)
+            contribution[stat] = WeightedSum.of(decode(payload), len(data))
+            sent += len(payload)
+        return ClientUpdate(contribution, sent, len(data), result.examples_processed, result.epoch_losses[-1])
 
     def finish_setup(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         if "sq_dev" not in partial.stats:
             raise RuntimeError(f"AutoFLIP exploration: all {len(plan.tasks)} explorers failed; see failures.jsonl")
         guidance = guidance_from_sum(partial.stats["sq_dev"], self.pruning.normalise)
         weights, meta = state.weights, dict(state.meta, explored=True)
+        if self.pruning.warm_start:  # the explorers trained: start from where they went, on average
+            mean_change = partial.stats["delta"].mean()
+            weights = {k: w + mean_change[k] if k in mean_change else w for k, w in weights.items()}
         if self.structured and self.pruning.structured_fraction > 0:
             model = self.model_factory(None)
             model.load_state_dict(weights)

@@ -143,3 +143,42 @@ def test_every_algorithm_learns_on_real_data(small_config, fashion_mnist_dir, al
     )
     summary = execute(cfg, new_run(cfg))
     assert summary["final_accuracy"] > 0.5, algorithm  # chance is 0.10
+
+
+def _warm(small_config, warm_start):
+    return small_config(model={"name": "mlp", "hidden": 16},
+                        algorithm={"name": "autoflip_unstructured",
+                                   "pruning": {"explore_fraction": 0.5, "explore_epochs": 2, "warm_start": warm_start}})
+
+
+def test_warm_start_adds_the_explorers_sample_weighted_mean_change(small_config):
+    ds, factory, algo, runner = algorithm_parts(_warm(small_config, True))
+    start = algo.init_state(factory(None).state_dict())
+    plan = algo.setup_plan(start, ds.num_clients)
+    alone = [runner.run([t], plan.broadcast) for t in plan.tasks]  # each explorer's own change
+    sizes = [len(ds.client_train_rows(t.client)) for t in plan.tasks]
+    assert len(set(sizes)) > 1
+    state, _ = algo.finish_setup(start, plan, runner.run(plan.tasks, plan.broadcast))
+    for name, w0 in start.weights.items():
+        change = sum(n * p.stats["delta"].mean(torch.float64)[name] for n, p in zip(sizes, alone)) / sum(sizes)
+        torch.testing.assert_close(state.weights[name].double(), w0.double() + change, rtol=1e-5, atol=1e-6)
+        assert change.abs().max() > 1e-4
+
+    _, cold_factory, cold, cold_runner = algorithm_parts(_warm(small_config, False))
+    cold_start = cold.init_state(cold_factory(None).state_dict())
+    cold_state, _ = cold.finish_setup(cold_start, plan, cold_runner.run(plan.tasks, plan.broadcast))
+    assert all(torch.equal(cold_state.weights[k], v) for k, v in cold_start.weights.items())  # no warm start: theta0
+
+
+def test_warm_start_bills_each_explorers_second_upload(small_config):
+    rows = {}
+    for warm in (False, True):
+        cfg = _warm(small_config, warm).model_copy(update={"rounds": 1})
+        run_dir = new_run(cfg)
+        execute(cfg, run_dir)
+        rows[warm] = pq.read_table(run_dir / "rounds.parquet").to_pylist()[0]
+    assert rows[True]["phase"] == "explore" and rows[True]["clients_done"] == 6
+    # The change has the squared deviations' shapes, so the explorers' uplink exactly doubles.
+    assert rows[True]["bytes_up"] == 2 * rows[False]["bytes_up"]
+    assert rows[True]["bytes_down"] == rows[False]["bytes_down"]
+    assert rows[True]["flops_executed"] == rows[False]["flops_executed"]
