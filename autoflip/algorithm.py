@@ -14,6 +14,8 @@ Choices the method text leaves open, made explicit:
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -62,7 +64,10 @@ class AutoFLIP(PrunedFedAvg):
 
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:
         if task.kind != "explore":
-            return super().client_update(model, data, task, broadcast)
+            update = super().client_update(model, data, task, broadcast)
+            if self.pruning.secure_aggregation and self.adaptive and self.unstructured:
+                update = self._upload_deviations(update, broadcast)
+            return update
         c = self.cfg.clients
         result = local_train(
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
@@ -80,6 +85,15 @@ class AutoFLIP(PrunedFedAvg):
             contribution[stat] = WeightedSum.of(decode(payload), len(data))
             sent += len(payload)
         return ClientUpdate(contribution, sent, len(data), result.examples_processed, result.epoch_losses[-1])
+
+    def _upload_deviations(self, update: ClientUpdate, broadcast: Broadcast) -> ClientUpdate:
+        """Under secure aggregation the server never sees one client's update, so it cannot
+        square it: the client uploads its squared deviations (kept entries, as the delta)."""
+        stat = update.contribution["sq_dev"]
+        payload = self.encode(stat.mean(), broadcast.masks, include_mask=False)
+        received = WeightedSum.of(decode(payload, broadcast.masks), stat.weight)
+        return replace(update, contribution=dict(update.contribution, sq_dev=received),
+                       upload_bytes=update.upload_bytes + len(payload))
 
     def finish_setup(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         if "sq_dev" not in partial.stats:

@@ -182,3 +182,21 @@ def test_warm_start_bills_each_explorers_second_upload(small_config):
     assert rows[True]["bytes_up"] == 2 * rows[False]["bytes_up"]
     assert rows[True]["bytes_down"] == rows[False]["bytes_down"]
     assert rows[True]["flops_executed"] == rows[False]["flops_executed"]
+
+
+@pytest.mark.parametrize("name, billed", [("autoflip", True), ("autoflip_static", False)])
+def test_secure_aggregation_uploads_and_bills_the_squared_deviations(small_config, name, billed):
+    """Under secure aggregation clients upload their squared deviations (kept entries, like
+    the delta), so an adaptive method's uplink doubles and the guidance is the same; a static
+    mask needs no deviations and pays nothing more."""
+    tallies, stats = {}, {}
+    for secure in (False, True):
+        cfg = small_config(model=MLP, algorithm=autoflip(name, sparsity=0.5, ramp_rounds=0, structured_fraction=0.25,
+                                                         secure_aggregation=secure))
+        ds, factory, algo, runner, state = explored(cfg)
+        plan = algo.configure_round(state, 0, [0, 1, 10])
+        partial = runner.run(plan.tasks, plan.broadcast)
+        tallies[secure], stats[secure] = partial.tally, partial.stats["sq_dev"]
+    assert tallies[True].get("train_bytes_up") == (2 if billed else 1) * tallies[False].get("train_bytes_up")
+    assert tallies[True].get("train_bytes_down") == tallies[False].get("train_bytes_down")
+    assert all(torch.equal(stats[True].total[k], stats[False].total[k]) for k in stats[False].total)
