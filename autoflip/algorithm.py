@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from autoflip.growth import PrunedGradientProbe, drop_and_grow, drop_fraction, top_k_signal
 from autoflip.guidance import guidance_from_sum, normalise, update_running
 from autoflip.masks import sparsity_schedule, unstructured_mask
 from autoflip.pruned import PrunedFedAvg
@@ -64,7 +65,16 @@ class AutoFLIP(PrunedFedAvg):
 
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:
         if task.kind != "explore":
-            update = super().client_update(model, data, task, broadcast)
+            probe = None
+            if self.pruning.growth == "gradient" and self._adjusts(task.round + 1) and broadcast.masks:
+                probe = PrunedGradientProbe(model, broadcast.masks)
+            try:
+                update = super().client_update(model, data, task, broadcast)
+            finally:
+                if probe is not None:
+                    probe.close()
+            if probe is not None:
+                update = self._upload_growth_signal(update, probe, broadcast)
             if self.pruning.secure_aggregation and self.adaptive and self.unstructured:
                 update = self._upload_deviations(update, broadcast)
             return update
@@ -85,6 +95,15 @@ class AutoFLIP(PrunedFedAvg):
             contribution[stat] = WeightedSum.of(decode(payload), len(data))
             sent += len(payload)
         return ClientUpdate(contribution, sent, len(data), result.examples_processed, result.epoch_losses[-1])
+
+    def _upload_growth_signal(self, update: ClientUpdate, probe: PrunedGradientProbe, broadcast: Broadcast) -> ClientUpdate:
+        """The largest summed gradients of pruned weights, sent sparse (values plus their
+        positions, as a bitmap or indices, whichever is smaller) and billed."""
+        values, sent = top_k_signal(probe.sums, broadcast.masks, self.pruning.grow_topk)
+        payload = self.encode(values, sent, include_mask=True)
+        grow = WeightedSum.of(decode(payload), update.num_samples)
+        return replace(update, contribution=dict(update.contribution, grow=grow),
+                       upload_bytes=update.upload_bytes + len(payload))
 
     def _upload_deviations(self, update: ClientUpdate, broadcast: Broadcast) -> ClientUpdate:
         """Under secure aggregation the server never sees one client's update, so it cannot
@@ -146,6 +165,32 @@ class AutoFLIP(PrunedFedAvg):
         names = self.prunable_names(state.meta.get("arch"))
         fresh = self._fresh_guidance(partial.stats["sq_dev"], previous, names)
         guidance = update_running(state.group(GUIDANCE_PREFIX), fresh, self.pruning.alpha)
-        state = state.with_group(GUIDANCE_PREFIX, guidance)
-        state = with_masks(state, self._binarise(guidance, previous, state.round))
-        return state, self.metrics(state, previous)
+        if self.pruning.growth == "none" or state.round <= self.pruning.ramp_rounds:
+            state = with_masks(state.with_group(GUIDANCE_PREFIX, guidance), self._binarise(guidance, previous, state.round))
+            return state, self.metrics(state, previous)
+        masks, grown = previous, {k: torch.zeros_like(m) for k, m in previous.items()}
+        if self._adjusts(state.round):
+            p = self.pruning
+            fraction = drop_fraction(state.round - p.ramp_rounds - 1, p.drop_fraction, p.anneal_rounds)
+            masks, grown = drop_and_grow(previous, guidance, self._grow_scores(partial, previous, state.round), fraction)
+            # A grown weight starts at exactly 0 (it was pruned) with its tensor's mean kept
+            # guidance, so the next round's drop does not take it straight back.
+            guidance = {k: torch.where(grown[k], g[masks[k] & ~grown[k]].mean(), g) for k, g in guidance.items()}
+        state = with_masks(state.with_group(GUIDANCE_PREFIX, guidance), masks)
+        kept = sum(int(m.sum()) for m in masks.values())
+        return state, self.metrics(state, previous) | {"grown_fraction": sum(int(g.sum()) for g in grown.values()) / kept}
+
+    def _adjusts(self, rounds_done: int) -> bool:
+        """Whether the mask chosen after `rounds_done` rounds drops and grows (the ramp is over
+        and the annealed fraction is not yet 0)."""
+        p = self.pruning
+        return (self.adaptive and self.unstructured and p.growth != "none" and rounds_done > p.ramp_rounds
+                and drop_fraction(rounds_done - p.ramp_rounds - 1, p.drop_fraction, p.anneal_rounds) > 0)
+
+    def _grow_scores(self, partial: Partial, masks: Tensors, rounds_done: int) -> Tensors:
+        if self.pruning.growth == "random":
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "algorithm", 4, rounds_done))
+            return {k: torch.rand(m.shape, generator=gen) for k, m in masks.items()}
+        if "grow" not in partial.stats:  # every client failed or was dropped: nothing to grow
+            return {k: torch.zeros(m.shape) for k, m in masks.items()}
+        return partial.stats["grow"].mean()

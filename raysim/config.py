@@ -118,12 +118,24 @@ class PruningConfig(_Section):
     normalise: Literal["minmax", "robust"] = "minmax"
     alpha: float = Field(0.5, ge=0, le=1, description="running guidance: G_t = alpha G_(t-1) + (1 - alpha) fresh")
     regrowth: Literal["allow", "freeze"] = "allow"
+    growth: Literal["none", "gradient", "random"] = Field("none", description="after the ramp, each round drop the lowest-guidance kept weights and grow as many pruned ones per tensor, chosen by the clients' summed gradients of pruned weights (gradient, RigL-style, the signal uploaded and billed) or at random (SET-style control); none: the mask moves only while the sparsity ramps")
+    drop_fraction: float = Field(0.3, ge=0, le=1, description="growth: share of each tensor's kept weights moved at the first adjustment, annealed to 0 on a cosine")
+    anneal_rounds: int = Field(10, ge=1, description="growth: rounds after the ramp over which the drop fraction falls to 0")
+    grow_topk: float = Field(0.02, gt=0, le=1, description="growth: each client uploads its largest pruned gradients, at most this share of a tensor's kept entries")
     explore_fraction: float = Field(1.0, gt=0, le=1)
     explore_epochs: int = Field(5, ge=1)
     explore_patience: int = Field(1, ge=1, description="stop exploring after this many epochs without a lower epoch-mean loss")
     secure_aggregation: bool = Field(False, description="the server sees only sums of updates, so clients upload the squared deviations adaptation needs (billed); off: computed from each decoded update on the worker")
     warm_start: bool = Field(False, description="start round 1 from the initial weights plus the explorers' sample-weighted mean change (each explorer uploads its change too, billed)")
     layer_sparsity: dict[str, float] | None = Field(None, description="random baseline: per-layer sparsity (default: `sparsity` everywhere)")
+
+
+    @model_validator(mode="after")
+    def _growth_needs_regrowth(self) -> "PruningConfig":
+        if self.growth != "none" and self.regrowth == "freeze":
+            raise ValueError(f"growth={self.growth!r} grows pruned weights back, which regrowth='freeze' forbids; "
+                             "set regrowth: allow or growth: none")
+        return self
 
 
 class AlgorithmConfig(_Section):
