@@ -173,9 +173,9 @@ class AutoFLIP(PrunedFedAvg):
             p = self.pruning
             fraction = drop_fraction(state.round - p.ramp_rounds - 1, p.drop_fraction, p.anneal_rounds)
             masks, grown = drop_and_grow(previous, guidance, self._grow_scores(partial, previous, state.round), fraction)
-            # A grown weight starts at exactly 0 (it was pruned) with its tensor's mean kept
-            # guidance, so the next round's drop does not take it straight back.
-            guidance = {k: torch.where(grown[k], g[masks[k] & ~grown[k]].mean(), g) for k, g in guidance.items()}
+            # A grown weight starts at exactly 0 (it was pruned) with the mean guidance of its
+            # tensor's previously kept weights, so the next round's drop does not take it straight back.
+            guidance = {k: torch.where(grown[k], g[previous[k]].mean(), g) for k, g in guidance.items()}
         state = with_masks(state.with_group(GUIDANCE_PREFIX, guidance), masks)
         kept = sum(int(m.sum()) for m in masks.values())
         return state, self.metrics(state, previous) | {"grown_fraction": sum(int(g.sum()) for g in grown.values()) / kept}

@@ -86,6 +86,8 @@ def test_gradient_growth_changes_the_mask_at_constant_sparsity_and_grown_weights
         assert bool((signal[name][grew] > 0).all())
         assert not bool(after.weights[name][grew].any())  # grown weights start at exactly 0
         assert not bool(after.buffers["server_momentum/" + name][grew].any())
+        guidance = after.buffers["guidance/" + name]  # grown: the mean of the previously kept guidance
+        assert torch.allclose(guidance[grew], guidance[before[name]].mean().expand(int(grew.sum())))
     assert 0 < metrics["grown_fraction"] and metrics["mask_churn"] < 0.99  # at least 1 % of the mask moved
 
     # The sparse statistic sums like any other: another grouping, the same growth.
