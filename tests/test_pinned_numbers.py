@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import MIXED_DEVICES, explored, plan_round
+from conftest import MIXED_DEVICES, algorithm_parts, explored, plan_round
 from raysim.algorithms.server_update import MOMENTUM_PREFIX
 from raysim.costs.payload import encode_dense
 from raysim.data.loading import load_federated_dataset
@@ -351,3 +351,49 @@ def test_overcommit_deadline_is_the_keep_th_fastest_or_the_configured_one_if_soo
     assert predictor.round_deadline(tasks, b, 3, times[0] / 2) == times[0] / 2  # the configured one is sooner
     assert predictor.round_deadline(tasks, b, 6, 123.0) == 123.0  # not over-committed: the config's deadline
     assert predictor.round_deadline(tasks, b, 6, None) is None
+
+
+def _train_for(epochs, lr, patience, batch_size, n=40):
+    """local_train on a fixed tiny problem; returns (examples processed, epoch losses)."""
+    from raysim.config import OptimizerConfig
+    from raysim.engine.api import ClientData
+    from raysim.engine.training import local_train
+
+    if lr == 0:  # identical rows: every order of the batch sums to the same float loss
+        data = ClientData(torch.ones(n, 5), torch.zeros(n, dtype=torch.long))
+    else:
+        x = torch.randn(n, 5, generator=torch.Generator().manual_seed(0))
+        data = ClientData(x, (x[:, 0] > 0).long())
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 2)
+    result = local_train(model, data, epochs=epochs, batch_size=batch_size, optimizer=OptimizerConfig(lr=0.1), lr=lr,
+                         seed=1, patience=patience)
+    return result.examples_processed, result.epoch_losses
+
+
+@pytest.mark.parametrize("patience, epochs_run", [(1, 2), (2, 3), (4, 5), (None, 6)])
+def test_early_stopping_counts_epochs_without_a_lower_loss(patience, epochs_run):
+    """With lr 0 the loss is the same every epoch: the first sets the best,
+    and training stops once `patience` epochs in a row have not beaten it (at most 6 here)."""
+    examples, losses = _train_for(6, 0.0, patience, batch_size=8)
+    assert len(losses) == epochs_run and examples == 40 * epochs_run
+    assert len(set(losses)) == 1
+
+
+def test_early_stopping_never_stops_a_loss_that_keeps_falling():
+    examples, losses = _train_for(6, 0.05, 1, batch_size=8)
+    assert all(b < a for a, b in zip(losses, losses[1:])) and len(losses) == 6 and examples == 240
+
+
+def test_explorers_are_distinct_clients_in_the_configured_share(small_config):
+    for fraction, count in ((0.5, 6), (0.25, 3), (0.01, 1), (1.0, 12)):
+        cfg = small_config(model={"name": "mlp", "hidden": 8},
+                           algorithm={"name": "autoflip", "pruning": {"explore_fraction": fraction, "explore_epochs": 3}})
+        _, factory, algo, _ = algorithm_parts(cfg)
+        plan = algo.setup_plan(algo.init_state(factory(None).state_dict()), 12)
+        clients = [t.client for t in plan.tasks]
+        assert len(clients) == len(set(clients)) == count and all(0 <= c < 12 for c in clients)
+        assert all((t.round, t.kind, t.epochs) == (0, "explore", 3) for t in plan.tasks)
+        assert len({t.seed for t in plan.tasks}) == count
+        train_seeds = {t.seed for t in algo.configure_round(algo.init_state(factory(None).state_dict()), 0, clients).tasks}
+        assert train_seeds.isdisjoint(t.seed for t in plan.tasks)  # exploring is not round 1's training
