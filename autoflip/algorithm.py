@@ -23,7 +23,7 @@ from autoflip.growth import PrunedGradientProbe, drop_and_grow, drop_fraction, t
 from autoflip.guidance import guidance_from_sum, normalise, update_running
 from autoflip.masks import sparsity_schedule, unstructured_mask
 from autoflip.pruned import PrunedFedAvg
-from autoflip.structured import prune_units, select_removals, slice_state, unit_scores
+from autoflip.structured import remove_weakest_units, slice_state
 from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.algorithms.server_update import is_trainable_state
 from raysim.costs.payload import decode
@@ -125,8 +125,7 @@ class AutoFLIP(PrunedFedAvg):
         if self.structured and self.pruning.structured_fraction > 0:
             model = self.model_factory(None)
             model.load_state_dict(weights)
-            removals = select_removals(unit_scores(model, guidance, self.example_input), self.pruning.structured_fraction)
-            change = prune_units(model, removals, self.example_input)
+            change = remove_weakest_units(model, guidance, self.pruning.structured_fraction, self.example_input)
             weights, guidance = slice_state(weights, change.keep), slice_state(guidance, change.keep)
             meta["arch"] = change.record
         names = self.prunable_names(meta.get("arch"))

@@ -5,7 +5,7 @@ import torch
 
 from autoflip.masks import magnitude_mask, random_mask, sparsity_schedule, unstructured_mask
 from autoflip.pruned import PrunedFedAvg
-from autoflip.structured import prune_units, select_removals, slice_state, unit_scores
+from autoflip.structured import remove_weakest_units, slice_state
 from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.engine.api import ServerState
 from raysim.engine.seeds import derive_seed
@@ -72,8 +72,8 @@ class HybridPruning(PrunedFedAvg):
         if self.pruning.structured_fraction > 0:
             model = self.model_factory(None)
             model.load_state_dict(state.weights)
-            scores = unit_scores(model, self.unit_guidance(state), self.example_input)
-            change = prune_units(model, select_removals(scores, self.pruning.structured_fraction), self.example_input)
+            change = remove_weakest_units(model, self.unit_guidance(state), self.pruning.structured_fraction,
+                                          self.example_input)
             buffers = slice_state(state.buffers, {PREFIX + k: v for k, v in change.keep.items()})
             state = ServerState(state.round, slice_state(state.weights, change.keep), buffers,
                                 dict(state.meta, arch=change.record))

@@ -142,6 +142,15 @@ def prune_units(
     return StructureChange(record=record, keep=keep)
 
 
+def remove_weakest_units(
+    model: nn.Module, guidance: Mapping[str, torch.Tensor], fraction: float, example_input: torch.Tensor
+) -> StructureChange:
+    """The structured step every hybrid method takes: score units by `guidance`, remove the
+    `fraction` weakest of each layer from `model` (loaded with the weights to prune)."""
+    removals = select_removals(unit_scores(model, guidance, example_input), fraction)
+    return prune_units(model, removals, example_input)
+
+
 def replay(model: nn.Module, record: Sequence[RecordEntry], example_input: torch.Tensor) -> nn.Module:
     """Apply `record` (one or several prune_units records, concatenated) in order to a
     freshly built original model, in place; returns the model, now with the pruned
