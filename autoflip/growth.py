@@ -26,26 +26,47 @@ def drop_fraction(rounds_since_ramp: int, initial: float, anneal_rounds: int) ->
     return initial * (1 + math.cos(math.pi * rounds_since_ramp / anneal_rounds)) / 2
 
 
-class PrunedGradientProbe:
-    """Sums, over every local step, the gradient of each masked parameter's pruned entries.
+class GradientProbe:
+    """Sums, over every local step, a function of each named parameter's gradient.
 
     A tensor hook sees the gradient as autograd produced it, before the training loop
     zeroes its masked entries, so this costs no extra backward pass."""
 
-    def __init__(self, model: nn.Module, masks: Tensors):
+    def __init__(self, model: nn.Module, names: list[str]):
         params = dict(model.named_parameters())
-        self.sums = {name: torch.zeros_like(params[name]) for name in masks}
-        self._handles = [params[name].register_hook(self._adder(name, ~mask.to(params[name].device)))
-                         for name, mask in masks.items()]
+        self.sums = {name: torch.zeros_like(params[name]) for name in names}
+        self._handles = [params[name].register_hook(self._adder(name)) for name in names]
 
-    def _adder(self, name: str, pruned: torch.Tensor):
+    def accumulate(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _adder(self, name: str):
         def add(grad: torch.Tensor) -> None:
-            self.sums[name].add_(grad.detach() * pruned)
+            self.sums[name].add_(self.accumulate(name, grad.detach()))
         return add
 
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+class PrunedGradientProbe(GradientProbe):
+    """The summed gradient of each masked parameter's pruned entries (RigL's grow signal)."""
+
+    def __init__(self, model: nn.Module, masks: Tensors):
+        device = next(model.parameters()).device
+        self._pruned = {name: ~mask.to(device) for name, mask in masks.items()}
+        super().__init__(model, list(masks))
+
+    def accumulate(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        return grad * self._pruned[name]
+
+
+class SquaredGradientProbe(GradientProbe):
+    """The summed squared gradient of every entry, pruned or kept (PruneFL's importance)."""
+
+    def accumulate(self, name: str, grad: torch.Tensor) -> torch.Tensor:
+        return grad * grad
 
 
 def top_k_signal(sums: Tensors, masks: Tensors, share_of_kept: float) -> tuple[Tensors, Tensors]:

@@ -30,6 +30,7 @@ class PrunedFedAvg(FedAvg):
         self.example_input = example_input
         dense = model_factory(None)
         self.dense_params = sum(p.numel() for p in dense.parameters())
+        self.dense_prunable = sum(p.numel() for n, p in dense.named_parameters() if n in prunable_weight_names(dense))
         self._names: dict[str, tuple[list[str], list[str]]] = {}
 
     def _arch_names(self, arch: list | None) -> tuple[list[str], list[str]]:
@@ -49,5 +50,8 @@ class PrunedFedAvg(FedAvg):
         return {
             "sparsity": overall_sparsity(masks),
             "param_density": parameter_count(state.weights, names, masks) / self.dense_params,
+            # What cost-matched unstructured baselines keep: prunable weights, against the dense model's.
+            "prunable_density": parameter_count(state.weights, self.prunable_names(state.meta.get("arch")), masks)
+            / self.dense_prunable,
             "mask_churn": jaccard(previous, masks) if previous else math.nan,
         }

@@ -104,7 +104,7 @@ class ClientConfig(_Section):
 
 
 ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structured", "autoflip_static", "random", "magnitude",
-              "hybrid_random", "hybrid_magnitude")
+              "hybrid_random", "hybrid_magnitude", "prunefl", "feddst")
 
 
 class PruningConfig(_Section):
@@ -122,6 +122,7 @@ class PruningConfig(_Section):
     drop_fraction: float = Field(0.3, ge=0, le=1, description="growth: share of each tensor's kept weights moved at the first adjustment, annealed to 0 on a cosine")
     anneal_rounds: int = Field(10, ge=1, description="growth: rounds after the ramp over which the drop fraction falls to 0")
     grow_topk: float = Field(0.02, gt=0, le=1, description="growth: each client uploads its largest pruned gradients, at most this share of a tensor's kept entries")
+    adjust_every: int = Field(3, ge=1, description="prunefl, feddst: rounds between mask readjustments (PruneFL's importance upload, FedDST's local drop and grow)")
     explore_fraction: float = Field(1.0, gt=0, le=1)
     explore_epochs: int = Field(5, ge=1)
     explore_patience: int = Field(1, ge=1, description="stop exploring after this many epochs without a lower epoch-mean loss")

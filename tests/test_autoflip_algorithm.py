@@ -138,7 +138,8 @@ def test_every_algorithm_learns_on_real_data(small_config, fashion_mnist_dir, al
                         "partition": {"scheme": "iid"}, "max_train_samples": 4000, "max_test_samples": 1000},
         model={"name": "mlp", "hidden": 64, "layers": 1},
         clients={"per_round": 5, "batch_size": 20, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}},
-        algorithm={"name": algorithm, "pruning": {"explore_epochs": 1, "explore_fraction": 0.5, "ramp_rounds": 1}},
+        algorithm={"name": algorithm, "pruning": {"explore_epochs": 1, "explore_fraction": 0.5, "ramp_rounds": 1,
+                                                   "adjust_every": 1}},
         eval={"every": 3, "clients": False},
     )
     summary = execute(cfg, new_run(cfg))

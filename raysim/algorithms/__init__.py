@@ -17,8 +17,10 @@ def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_
     # Imported lazily: the pruning methods live in the autoflip package.
     from autoflip.algorithm import VARIANTS, AutoFLIP
     from autoflip.baselines import HybridMagnitude, HybridRandom, MagnitudePruning, RandomPruning
+    from autoflip.feddst import FedDST
+    from autoflip.prunefl import PruneFL
 
     if name in VARIANTS:
         return AutoFLIP(cfg, model_factory, example_input)
-    baselines = {c.name: c for c in (RandomPruning, MagnitudePruning, HybridRandom, HybridMagnitude)}
+    baselines = {c.name: c for c in (RandomPruning, MagnitudePruning, HybridRandom, HybridMagnitude, PruneFL, FedDST)}
     return baselines[name](cfg, model_factory, example_input)
