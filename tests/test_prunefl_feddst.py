@@ -6,12 +6,12 @@ import torch
 from torch import nn
 
 from autoflip.growth import SquaredGradientProbe
+from conftest import algorithm_parts
 from raysim.costs.payload import encode_masked
 from raysim.engine.api import ClientData
+from raysim.engine.stats import merge_all
 from raysim.experiment import execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
-from raysim.engine.stats import merge_all
-from conftest import algorithm_parts
 
 MLP = {"name": "mlp", "hidden": 32}
 
