@@ -42,6 +42,15 @@ VARIANTS = {  # name -> (structured, unstructured, adaptive)
 }
 
 
+GROW_SIGNAL_BYTES = "grow_signal_bytes"
+
+
+def explorer_ids(seed: int, explore_fraction: float, population: int) -> list[int]:
+    """The clients that explore: a seeded draw, the same for every variant of one seed."""
+    count = max(1, round(explore_fraction * population))
+    return sorted(int(k) for k in rng_for(seed, "algorithm", 0).choice(population, count, replace=False))
+
+
 class AutoFLIP(PrunedFedAvg):
     collects_deviations = True
 
@@ -55,8 +64,7 @@ class AutoFLIP(PrunedFedAvg):
         if state.meta.get("explored"):
             return None
         p, seed = self.pruning, self.cfg.seed
-        count = max(1, round(p.explore_fraction * population))
-        explorers = sorted(int(k) for k in rng_for(seed, "algorithm", 0).choice(population, count, replace=False))
+        explorers = explorer_ids(seed, p.explore_fraction, population)
         broadcast = self.broadcast(state)
         broadcast.payload_bytes = self.download_bytes(broadcast)
         lr = self.cfg.clients.optimizer.lr
@@ -103,7 +111,8 @@ class AutoFLIP(PrunedFedAvg):
         payload = self.encode(values, sent, include_mask=True)
         grow = WeightedSum.of(decode(payload), update.num_samples)
         return replace(update, contribution=dict(update.contribution, grow=grow),
-                       upload_bytes=update.upload_bytes + len(payload))
+                       upload_bytes=update.upload_bytes + len(payload),
+                       metrics=update.metrics | {GROW_SIGNAL_BYTES: len(payload)})
 
     def _upload_deviations(self, update: ClientUpdate, broadcast: Broadcast) -> ClientUpdate:
         """Under secure aggregation the server never sees one client's update, so it cannot
@@ -167,7 +176,7 @@ class AutoFLIP(PrunedFedAvg):
         if self.pruning.growth == "none" or state.round <= self.pruning.ramp_rounds:
             state = with_masks(state.with_group(GUIDANCE_PREFIX, guidance), self._binarise(guidance, previous, state.round))
             return state, self.metrics(state, previous)
-        masks, grown = previous, {k: torch.zeros_like(m) for k, m in previous.items()}
+        masks, grown, fraction = previous, {k: torch.zeros_like(m) for k, m in previous.items()}, 0.0
         if self._adjusts(state.round):
             p = self.pruning
             fraction = drop_fraction(state.round - p.ramp_rounds - 1, p.drop_fraction, p.anneal_rounds)
@@ -177,7 +186,10 @@ class AutoFLIP(PrunedFedAvg):
             guidance = {k: torch.where(grown[k], g[previous[k]].mean(), g) for k, g in guidance.items()}
         state = with_masks(state.with_group(GUIDANCE_PREFIX, guidance), masks)
         kept = sum(int(m.sum()) for m in masks.values())
-        return state, self.metrics(state, previous) | {"grown_fraction": sum(int(g.sum()) for g in grown.values()) / kept}
+        return state, self.metrics(state, previous) | {
+            "grown_fraction": sum(int(g.sum()) for g in grown.values()) / kept,
+            "drop_fraction": fraction,
+            GROW_SIGNAL_BYTES: partial.tally.get(GROW_SIGNAL_BYTES)}
 
     def _adjusts(self, rounds_done: int) -> bool:
         """Whether the mask chosen after `rounds_done` rounds drops and grows (the ramp is over

@@ -16,7 +16,7 @@ from raysim.engine.runner import ClientRunner
 from raysim.experiment import execute, model_factory, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
 
-VOLATILE = {"wall_time_s"}
+VOLATILE = {"wall_time_s", "client_train_wall_s"}
 
 
 def _run(cfg):

@@ -338,6 +338,8 @@ def test_exploration_is_logged_as_round_zero_with_its_explorers(small_config):
     assert (explore["round"], explore["phase"], explore["clients_sampled"], explore["clients_done"]) == (0, "explore", 6, 6)
     assert (train["round"], train["phase"]) == (1, "train")
     assert 0 < explore["wall_time_s"] < elapsed and 0 < train["wall_time_s"] < elapsed
+    # Clients train inside the round: their summed training time is measured and within it.
+    assert 0 < explore["client_train_wall_s"] < explore["wall_time_s"] and 0 < train["client_train_wall_s"] < train["wall_time_s"]
     assert math.isfinite(explore["accuracy"])
 
 

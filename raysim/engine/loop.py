@@ -47,6 +47,7 @@ def round_record(round_no: int, phase: str, sampled: int, partial: Partial, dead
         "flops_effective": t.get(f"{phase}_flops_effective"),
         "bytes_down": int(t.get(f"{phase}_bytes_down")),
         "bytes_up": int(t.get(f"{phase}_bytes_up")),
+        "client_train_wall_s": t.get(f"{phase}_train_wall_s"),
         "sim_time_s": round_time_s(t.maxes.get(f"{phase}_sim_time_s", 0.0), dropped, deadline_s),
     }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -109,7 +110,9 @@ class ClientRunner:
         # Measured on the architecture this client really runs (cached per architecture).
         flops = training_flop_profile(model, data.x[:2])
         torch.manual_seed(task.seed)
+        start = time.perf_counter()
         update = self.algorithm.client_update(model, data, task, broadcast)
+        train_wall_s = time.perf_counter() - start
         if not math.isfinite(update.train_loss) or not all(s.is_finite() for s in update.contribution.values()):
             raise FloatingPointError(f"client {task.client} returned a non-finite update (loss {update.train_loss})")
 
@@ -125,6 +128,7 @@ class ClientRunner:
                 f"{kind}_bytes_down": broadcast.payload_bytes,
                 f"{kind}_bytes_up": update.upload_bytes,
                 f"{kind}_examples": update.examples_processed,
+                f"{kind}_train_wall_s": train_wall_s,
             }
         )
         if misses_deadline(clock.total_s, task.deadline_s):

@@ -17,6 +17,7 @@ MEASURED = {
     "flops_effective": "executed FLOPs per layer scaled by that layer's weight density",
     "bytes": "length of the real encoded payloads (safetensors, optional zstd)",
     "sim_time_s": "simulated clock: FLOPs/throughput + bytes/bandwidth + latency of each device profile; round = slowest included client",
+    "client_train_wall_s": "time.perf_counter around each client's training (client_update) on its worker, summed over the round's clients",
     "wall_time_s": "time.perf_counter around each round on this machine (evaluation excluded)",
     "totals": "sums over rounds.parquet, including AutoFLIP's exploration phase (round 0) where there is one",
 }
