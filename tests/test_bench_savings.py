@@ -93,14 +93,14 @@ def test_targets_are_met_missed_or_not_measured_with_their_numbers():
     assert all(t["met"] is None for t in check_targets({}, {}))
 
 
-def test_rounds_fill_the_budget_priced_by_the_units_each_arm_keeps():
-    arms = select_arms(["autoflip@P2"])  # fedavg (price 1) and autoflip@P2 (keeps half its units)
-    assert [a.label for a in arms] == ["fedavg", "autoflip@P2"] and [a.price for a in arms] == [1.0, 0.5]
-    # 2 seeds x (2 runs x 5 s + 2 rounds of exploration + 1.5 R rounds) x 1 s <= 100 s  ->  R = 25
-    assert choose_rounds(100, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (25, 2)
+def test_rounds_fill_the_budget_and_seeds_give_way_below_ten_rounds():
+    arms = select_arms(["autoflip@P2"])
+    assert [a.label for a in arms] == ["fedavg", "autoflip@P2"]
+    # 2 seeds x (2 runs x 5 s + 2 rounds of exploration + 2 R rounds) x 1 s <= 100 s  ->  R = 19
+    assert choose_rounds(100, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (19, 2)
     assert choose_rounds(1e6, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (40, 2)
-    # 2 seeds would leave (20 - 12) / 1.5 = 5 rounds, under the 10 the plateau check needs: 1 seed, (40 - 12) / 1.5.
-    assert choose_rounds(40, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (18, 1)
+    # 2 seeds would leave (20 - 12) / 2 = 4 rounds, under the 10 the plateau check needs: 1 seed, (40 - 12) / 2.
+    assert choose_rounds(40, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (14, 1)
     assert choose_rounds(1, 1.0, 5.0, 2.0, arms, 2, max_rounds=40) == (5, 1)  # never fewer than the last-5 mean needs
 
 

@@ -65,9 +65,9 @@ HOW_MEASURED = MEASURED | {
     "matched_sparsity": f"prunefl, feddst: 1 - prunable_density of {autoflip_label(REFERENCE_POINT)} on the same seed",
     "spread": "std = sample standard deviation over seeds (n-1; null with one seed); min/max over seeds",
     "plan": f"a {PROBE_ROUNDS}-round FedAvg probe times a round (rounds.parquet wall_time_s) and a run's set-up and "
-            "evaluation (the rest of its wall time); rounds = what fits the budget with every seed, each arm's "
-            "round priced as FedAvg's times the share of units it keeps, plus exploration as FedAvg client-epochs; before "
-            "each further seed the last seed's measured wall time must fit what is left",
+            "evaluation (the rest of its wall time); rounds = what fits the budget with every seed, every arm's "
+            "round priced as FedAvg's (on CPU a pruned arm's wall time falls far less than its FLOPs; the growth probe "
+            "even adds some), plus exploration as FedAvg client-epochs; before each further seed the last seed's measured wall time must fit what is left",
 }
 
 
@@ -89,11 +89,10 @@ def choose_rounds(budget_s: float, round_s: float, run_overhead_s: float, explor
                   n_seeds: int, max_rounds: int) -> tuple[int, int]:
     """(rounds, seeds expected to fit): all seeds if that leaves MIN_ROUNDS rounds, else fewer seeds."""
     exploring = sum(explores(a) for a in arms)
-    priced = sum(a.price for a in arms)
 
     def rounds_for(seeds: int) -> int:
         per_seed_s = budget_s / seeds - len(arms) * run_overhead_s - exploring * explore_rounds * round_s
-        return max(min(math.floor(per_seed_s / round_s / priced), max_rounds), min(LAST_EVALS, max_rounds))
+        return max(min(math.floor(per_seed_s / round_s / len(arms)), max_rounds), min(LAST_EVALS, max_rounds))
 
     seeds = n_seeds
     while seeds > 1 and rounds_for(seeds) < min(MIN_ROUNDS, max_rounds):

@@ -39,13 +39,6 @@ class Arm:
     def matched(self) -> bool:
         return self.method in MATCHED
 
-    @property
-    def price(self) -> float:
-        """A round's expected cost over FedAvg's, for the time plan only: the share of
-        units kept (executed FLOPs fall at least that much when units are removed)."""
-        removes_units = self.method not in (BASELINE, "autoflip_unstructured", *MATCHED)
-        return 1.0 - self.pruning.get("structured_fraction", 0.0) if removes_units else 1.0
-
 
 def _at(level: str) -> dict:
     structured, sparsity = LEVELS[level]
