@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from raysim.config import DEFAULT_CONFIG, ConfigError, config_from_dict, load_config
@@ -64,3 +66,20 @@ def test_missing_and_invalid_files(tmp_path):
     listy.write_text("- 1\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(listy)
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_config_is_valid(path):
+    assert load_config(path).name
+
+
+def test_the_autoflip_example_has_a_fedavg_twin_that_differs_only_in_the_method():
+    path = next(p for p in EXAMPLES if p.name == "fmnist_autoflip.yaml")
+    autoflip, twin = load_config(path), load_config(path, ["algorithm.name=fedavg"])
+    assert (autoflip.algorithm.name, twin.algorithm.name) == ("autoflip", "fedavg")
+    a, b = autoflip.model_dump(), twin.model_dump()
+    a["algorithm"].pop("name"), b["algorithm"].pop("name")
+    assert a == b and autoflip.data.dataset == "fashion_mnist" and autoflip.data.max_train_samples is None
