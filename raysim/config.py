@@ -127,7 +127,7 @@ class PruningConfig(_Section):
     explore_epochs: int = Field(5, ge=1)
     explore_patience: int = Field(1, ge=1, description="stop exploring after this many epochs without a lower epoch-mean loss")
     secure_aggregation: bool = Field(False, description="the server sees only sums of updates, so clients upload the squared deviations adaptation needs (billed); off: computed from each decoded update on the worker")
-    warm_start: bool = Field(False, description="start round 1 from the initial weights plus the explorers' sample-weighted mean change (each explorer uploads its change too, billed)")
+    warm_start: bool = Field(True, description="start round 1 from the initial weights plus the explorers' sample-weighted mean change (each explorer uploads its change too, billed); benchmark S measured +0.8 points over a cold start at P1")
     layer_sparsity: dict[str, float] | None = Field(None, description="random baseline: per-layer sparsity (default: `sparsity` everywhere)")
 
 
