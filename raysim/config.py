@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -20,29 +20,32 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DatasetName = Literal[
-    "synthetic", "mnist", "fashion_mnist", "emnist", "cifar10", "cifar100", "femnist", "shakespeare"
-]
-
-
-IMAGE_DATASETS = ("mnist", "fashion_mnist", "emnist", "cifar10", "cifar100", "femnist")
-USER_DATASETS = ("synthetic", "femnist", "shakespeare")
-VECTOR_DATASETS = ("synthetic", *IMAGE_DATASETS)
-MODEL_DATASETS = {
-    "logreg": VECTOR_DATASETS,
-    "mlp": VECTOR_DATASETS,
-    "twocnn": IMAGE_DATASETS,
-    "cifar_cnn": IMAGE_DATASETS,
-    "resnet": IMAGE_DATASETS,
-    "char_lstm": ("shakespeare",),
-}
+def _registry(kind: str):
+    """The registry of one kind of plug-in, imported when a config is validated (the
+    registries' modules import this one)."""
+    if kind == "model":
+        from raysim.models import MODELS
+        return MODELS
+    if kind == "algorithm":
+        from raysim.algorithms import ALGORITHMS
+        return ALGORITHMS
+    if kind == "device":
+        from raysim.devices import PROFILES
+        return PROFILES
+    from raysim.data.loading import DATASETS, PARTITIONERS
+    return DATASETS if kind == "dataset" else PARTITIONERS
 
 
 class PartitionConfig(_Section):
-    scheme: Literal["iid", "dirichlet", "classes", "natural"] = "iid"
+    scheme: str = Field("iid", description="a registered partitioner (iid, dirichlet, classes, natural) or package.module:attribute")
     alpha: float = Field(0.5, gt=0, description="Dirichlet concentration over labels")
     classes_per_client: int = Field(2, ge=1, description="k for the pathological split")
     min_samples: int = Field(2, ge=1, description="Dirichlet redraws until every client has this many")
+
+    @field_validator("scheme")
+    @classmethod
+    def _known_scheme(cls, value: str) -> str:
+        return _registry("partitioner").check(value)
 
 
 class SyntheticConfig(_Section):
@@ -65,7 +68,7 @@ class SyntheticConfig(_Section):
 
 
 class DataConfig(_Section):
-    dataset: DatasetName = "synthetic"
+    dataset: str = Field("synthetic", description="a registered dataset or package.module:attribute")
     path: Path | None = Field(None, description="dataset folder; None means the dataset's default location")
     num_clients: int = Field(30, ge=1, description="ignored by the natural partition (one client per LEAF user) unless smaller")
     partition: PartitionConfig = PartitionConfig()
@@ -74,12 +77,22 @@ class DataConfig(_Section):
     max_test_samples: int | None = Field(None, ge=1)
     synthetic: SyntheticConfig = SyntheticConfig()
 
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        return _registry("dataset").check(value)
+
 
 class ModelConfig(_Section):
-    name: Literal["logreg", "mlp", "twocnn", "cifar_cnn", "resnet", "char_lstm"] = "logreg"
+    name: str = Field("logreg", description="a registered model or package.module:attribute")
     hidden: int = Field(200, ge=1, description="MLP hidden width / LSTM hidden size")
     layers: int = Field(2, ge=1, description="MLP hidden layers / LSTM layers")
     embedding: int = Field(8, ge=1, description="char_lstm embedding size")
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, value: str) -> str:
+        return _registry("model").check(value)
 
 
 class OptimizerConfig(_Section):
@@ -101,10 +114,6 @@ class ClientConfig(_Section):
         if self.per_round >= 1 and self.per_round != int(self.per_round):
             raise ValueError("per_round must be a whole count (>= 1) or a fraction in (0, 1)")
         return self
-
-
-ALGORITHMS = ("fedavg", "autoflip", "autoflip_unstructured", "autoflip_structured", "autoflip_static", "random", "magnitude",
-              "hybrid_random", "hybrid_magnitude", "prunefl", "feddst")
 
 
 class PruningConfig(_Section):
@@ -140,10 +149,41 @@ class PruningConfig(_Section):
 
 
 class AlgorithmConfig(_Section):
-    name: Literal[ALGORITHMS] = "fedavg"  # type: ignore[valid-type]
+    name: str = Field("fedavg", description="a registered algorithm or package.module:attribute")
     pruning: PruningConfig = PruningConfig()
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1, description="server momentum, applied identically to every method")
+    params: dict[str, Any] = Field(default_factory=dict, description="the algorithm's own parameters, checked against "
+                                   "its `Params` model (e.g. fedprox: mu; fedadam: beta1, beta2, tau)")
+
+    @field_validator("name")
+    @classmethod
+    def _known_algorithm(cls, value: str) -> str:
+        return _registry("algorithm").check(value)
+
+    @model_validator(mode="after")
+    def _params_fit_the_algorithm(self) -> "AlgorithmConfig":
+        if self.params:  # empty params suit every algorithm (and need no import while this module loads)
+            algorithm_params(self)
+        return self
+
+
+def algorithm_params(cfg: AlgorithmConfig) -> BaseModel | None:
+    """`cfg.params` validated by the algorithm's `Params` (a pydantic model; unknown fields
+    refused), or None for an algorithm that declares none (then params must be empty)."""
+    declared = getattr(_registry("algorithm").get(cfg.name), "Params", None)
+    if declared is None:
+        if cfg.params:
+            raise ValueError(f"algorithm.params: {cfg.name} takes no parameters (got {', '.join(cfg.params)})")
+        return None
+    try:
+        return declared.model_validate(cfg.params)
+    except ValidationError as exc:
+        details = "; ".join(f"algorithm.params.{'.'.join(map(str, e['loc']))}: "
+                            + (f"unknown field; allowed fields: {', '.join(sorted(declared.model_fields))}"
+                               if e["type"] == "extra_forbidden" else f"{e['msg']} (got {e.get('input')!r})")
+                            for e in exc.errors())
+        raise ValueError(details) from None
 
 
 class DevicesConfig(_Section):
@@ -158,6 +198,13 @@ class DevicesConfig(_Section):
         description="sample this many times the cohort; the round closes (on simulated time) once a cohort's worth "
                     "of clients is predicted to have reported, and later ones are dropped as stragglers",
     )
+
+    @field_validator("mix")
+    @classmethod
+    def _known_profiles(cls, mix: dict[str, float]) -> dict[str, float]:
+        for name in mix:
+            _registry("device").check(name)
+        return mix
 
 
 class PayloadConfig(_Section):
@@ -218,13 +265,17 @@ class ExperimentConfig(_Section):
 
     @model_validator(mode="after")
     def _compatible(self) -> "ExperimentConfig":
-        ds, scheme, model = self.data.dataset, self.data.partition.scheme, self.model.name
-        if scheme == "natural" and ds not in USER_DATASETS:
-            raise ValueError(
-                f"data.partition.scheme=natural needs per-user data; allowed datasets: {', '.join(USER_DATASETS)} (got {ds})"
-            )
-        allowed = MODEL_DATASETS[model]
-        if ds not in allowed:
+        """What registered plug-ins say about each other (import-path plug-ins are checked when built)."""
+        datasets, ds = _registry("dataset"), self.data.dataset
+        scheme, model = self.data.partition.scheme, self.model.name
+        has_users = datasets.info(ds).get("has_users")
+        if _registry("partitioner").info(scheme).get("needs_users") and has_users is False:
+            allowed = [n for n in datasets.names() if datasets.info(n)["has_users"]]
+            raise ValueError(f"data.partition.scheme={scheme} needs per-user data; allowed datasets: "
+                             f"{', '.join(allowed)} (got {ds})")
+        takes, kind = _registry("model").info(model).get("inputs"), datasets.info(ds).get("inputs")
+        if takes and kind and kind not in takes:
+            allowed = [n for n in datasets.names() if datasets.info(n)["inputs"] in takes]
             raise ValueError(f"model.name={model} cannot take data.dataset={ds}; it takes: {', '.join(allowed)}")
         return self
 
@@ -255,7 +306,7 @@ def _allowed_fields(model: type[BaseModel], loc: tuple) -> list[str]:
     return sorted(model.model_fields)
 
 
-def _set_path(tree: dict, dotted: str, value: Any) -> None:
+def set_path(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
     for key in keys[:-1]:
@@ -289,7 +340,7 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(tree).__name__}")
     for key, value in parse_overrides(overrides or []):
-        _set_path(tree, key, value)
+        set_path(tree, key, value)
     return config_from_dict(tree, source=str(path))
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
+from raysim.registry import Registry
+
 # A fixed word mixed into the availability seed so that availability draws
 # never coincide with another stream seeded by the same (seed, round).
 _AVAILABILITY_STREAM = 0xA7A1
@@ -57,18 +59,27 @@ class DeviceProfile:
 #   few Mbit/s; LTE-M / NB-IoT links around 1 Mbit/s and below.
 # - availability: FedScale's device traces (charging, on Wi-Fi, idle) make
 #   phones available a minority to a majority of the time; plugged-in devices more.
-CATALOGUE: dict[str, DeviceProfile] = {
-    p.name: p
-    for p in (
-        DeviceProfile("iot", flops_per_s=0.5e9, down_bps=1e6, up_bps=0.5e6, latency_s=0.5, availability=0.9),
-        DeviceProfile("phone_low", flops_per_s=2e9, down_bps=5e6, up_bps=1e6, latency_s=0.2, availability=0.3),
-        DeviceProfile("phone_mid", flops_per_s=8e9, down_bps=20e6, up_bps=5e6, latency_s=0.1, availability=0.4),
-        DeviceProfile("phone_high", flops_per_s=25e9, down_bps=80e6, up_bps=15e6, latency_s=0.05, availability=0.5),
-        DeviceProfile("tablet", flops_per_s=15e9, down_bps=50e6, up_bps=10e6, latency_s=0.05, availability=0.5),
-        DeviceProfile("laptop", flops_per_s=60e9, down_bps=90e6, up_bps=40e6, latency_s=0.03, availability=0.7),
-        DeviceProfile("datacenter_gpu", flops_per_s=50e12, down_bps=10e9, up_bps=10e9, latency_s=0.001, availability=1.0),
-    )
-}
+PROFILES = Registry("device profile", "devices.mix")
+"""Device profile plug-ins: a DeviceProfile, registered under its name or named by an
+import path in `devices.mix` (e.g. `mylab.devices:WATCH`)."""
+for _profile in (
+    DeviceProfile("iot", flops_per_s=0.5e9, down_bps=1e6, up_bps=0.5e6, latency_s=0.5, availability=0.9),
+    DeviceProfile("phone_low", flops_per_s=2e9, down_bps=5e6, up_bps=1e6, latency_s=0.2, availability=0.3),
+    DeviceProfile("phone_mid", flops_per_s=8e9, down_bps=20e6, up_bps=5e6, latency_s=0.1, availability=0.4),
+    DeviceProfile("phone_high", flops_per_s=25e9, down_bps=80e6, up_bps=15e6, latency_s=0.05, availability=0.5),
+    DeviceProfile("tablet", flops_per_s=15e9, down_bps=50e6, up_bps=10e6, latency_s=0.05, availability=0.5),
+    DeviceProfile("laptop", flops_per_s=60e9, down_bps=90e6, up_bps=40e6, latency_s=0.03, availability=0.7),
+    DeviceProfile("datacenter_gpu", flops_per_s=50e12, down_bps=10e9, up_bps=10e9, latency_s=0.001, availability=1.0),
+):
+    PROFILES.register(_profile.name, _profile)
+
+
+def device_profile(name: str) -> DeviceProfile:
+    """The profile `name` (registered, or an import path to a DeviceProfile)."""
+    profile = PROFILES.get(name)
+    if not isinstance(profile, DeviceProfile):
+        raise LookupError(f"devices.mix: {name!r} is {type(profile).__name__}, not a raysim.devices.DeviceProfile")
+    return profile
 
 
 @dataclass(frozen=True)
@@ -117,10 +128,11 @@ class Population:
         if num_clients < 1:
             raise ValueError(f"num_clients must be >= 1, got {num_clients}")
         if not mix:
-            raise ValueError(f"the device mix is empty; profiles: {', '.join(CATALOGUE)}")
-        unknown = [name for name in mix if name not in CATALOGUE]
-        if unknown:
-            raise ValueError(f"unknown device profile(s) {', '.join(unknown)}; profiles: {', '.join(CATALOGUE)}")
+            raise ValueError(f"the device mix is empty; profiles: {', '.join(PROFILES.names())}")
+        try:
+            profiles = [device_profile(name) for name in mix]
+        except LookupError as exc:
+            raise ValueError(f"devices.mix: {exc}") from None
         weights = np.array(list(mix.values()), dtype=float)
         if not np.all(np.isfinite(weights)) or np.any(weights <= 0):
             raise ValueError(f"device mix weights must be positive and finite, got {dict(mix)}")
@@ -131,7 +143,7 @@ class Population:
         counts[by_remainder[: num_clients - counts.sum()]] += 1
         ids = np.repeat(np.arange(len(mix), dtype=np.uint8), counts)
         rng = np.random.default_rng(seed)
-        return cls([CATALOGUE[name] for name in mix], rng.permutation(ids))
+        return cls(profiles, rng.permutation(ids))
 
     def __len__(self) -> int:
         return self.profile_ids.size

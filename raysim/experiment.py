@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from raysim.engine.sampling import cohort_size
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial
 from raysim.models import build_model
+from raysim.registry import is_import_path, local_packages
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
@@ -71,14 +73,22 @@ def build_runner(cfg: ExperimentConfig, population: Population, dataset: Federat
     return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size, device)
 
 
+def plugin_import_paths(cfg: ExperimentConfig) -> list[str]:
+    """Every plug-in the config names by import path (workers must import them too)."""
+    names = [cfg.model.name, cfg.algorithm.name, cfg.data.dataset, cfg.data.partition.scheme, *cfg.devices.mix]
+    return [n for n in names if is_import_path(n)]
+
+
 def build_backend(cfg: ExperimentConfig, runner: ClientRunner) -> Backend:
     """In-process: `runner` (the driver's) runs the clients; Ray: every worker builds its own."""
     if cfg.backend.name == "inprocess":
         return InProcessBackend(runner, worker_threads(cfg.backend))
     from raysim.engine.ray_backend import RayBackend
 
+    shipped = local_packages(plugin_import_paths(cfg))
     try:
-        return RayBackend(functools.partial(build_runner, cfg, runner.population), runner.dataset, cfg.backend)
+        return RayBackend(functools.partial(build_runner, cfg, runner.population), runner.dataset, cfg.backend,
+                          runtime_env={"py_modules": shipped} if shipped else None)
     except ValueError as exc:  # the pool does not fit the cluster
         raise ConfigError(str(exc)) from None
 
@@ -97,15 +107,17 @@ def backend_session(cfg: ExperimentConfig):
         yield
 
 
-def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None) -> dict:
-    """Run (or continue) the experiment in `run_dir` and return its summary."""
+def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
+            callbacks: Sequence[Callback] = ()) -> dict:
+    """Run (or continue) the experiment in `run_dir` and return its summary. `callbacks`
+    run after the built-in ones (round log, failures, checkpoints) and may stop the run."""
     dataset = load_federated_dataset(cfg.data, cfg.seed)  # a data error fails before Ray starts
     with backend_session(cfg):
-        return _execute(cfg, dataset, run_dir, resume, progress)
+        return _execute(cfg, dataset, run_dir, resume, progress, list(callbacks))
 
 
 def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, resume: bool,
-             progress: bool | None) -> dict:
+             progress: bool | None, user_callbacks: list[Callback]) -> dict:
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
     runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
     algorithm, factory = runner.algorithm, runner.model_factory
@@ -130,6 +142,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
                                       population=len(population))
         callbacks.append(exporter)
+    callbacks += user_callbacks
     backend: Backend | None = None
     try:
         backend = build_backend(cfg, runner)

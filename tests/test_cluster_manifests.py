@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from raysim.config import load_config
-from raysim.devices import CATALOGUE
+from raysim.devices import PROFILES
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / "cluster"
@@ -237,8 +237,8 @@ def test_worker_groups_map_onto_the_device_profiles(owner):
     for group in _cluster_specs()[owner]["workerGroupSpecs"]:
         name = group["groupName"]
         profiles = group["template"]["metadata"]["annotations"]["raysim.io/device-profiles"].split(",")
-        unknown = set(profiles) - set(CATALOGUE)
-        assert not unknown, f"{owner} {name}: unknown device profiles {sorted(unknown)}; known: {sorted(CATALOGUE)}"
+        unknown = set(profiles) - set(PROFILES.names())
+        assert not unknown, f"{owner} {name}: unknown device profiles {sorted(unknown)}; known: {sorted(PROFILES.names())}"
         seen += profiles
         pool = group["labels"]["raysim.io/device-pool"]
         raw = group["rayStartParams"]["resources"]
@@ -247,7 +247,7 @@ def test_worker_groups_map_onto_the_device_profiles(owner):
         expected_key = "raysim_" + pool.replace("-", "_")
         assert set(resources) == {expected_key}, f"{owner} {name}: custom resources {resources}, want {expected_key}"
         assert isinstance(resources[expected_key], (int, float)) and resources[expected_key] > 0
-    assert sorted(seen) == sorted(CATALOGUE), f"{owner}: groups must cover every profile exactly once, got {seen}"
+    assert sorted(seen) == sorted(PROFILES.names()), f"{owner}: groups must cover every profile exactly once, got {seen}"
     gpu = _gpu_group(_cluster_specs()[owner])
     assert gpu["template"]["metadata"]["annotations"]["raysim.io/device-profiles"] == "datacenter_gpu"
 

@@ -4,7 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raysim.devices import CATALOGUE, DeviceProfile, Population, client_time_s, misses_deadline, round_time_s
+from raysim.devices import (
+    PROFILES,
+    DeviceProfile,
+    Population,
+    client_time_s,
+    device_profile,
+    misses_deadline,
+    round_time_s,
+)
 
 
 def profile(**overrides) -> DeviceProfile:
@@ -58,19 +66,19 @@ def test_availability_refuses_negative_rounds_and_seeds():
 
 
 def test_counts_name_every_profile_even_an_unused_one():
-    population = Population([CATALOGUE["iot"], CATALOGUE["laptop"]], np.zeros(5, dtype=np.uint8))
+    population = Population([device_profile("iot"), device_profile("laptop")], np.zeros(5, dtype=np.uint8))
     assert population.counts() == {"iot": 5, "laptop": 0}
 
 
 def test_catalogue_is_self_consistent():
-    low, mid, high = CATALOGUE["phone_low"], CATALOGUE["phone_mid"], CATALOGUE["phone_high"]
-    laptop, iot, gpu = CATALOGUE["laptop"], CATALOGUE["iot"], CATALOGUE["datacenter_gpu"]
+    low, mid, high = device_profile("phone_low"), device_profile("phone_mid"), device_profile("phone_high")
+    laptop, iot, gpu = device_profile("laptop"), device_profile("iot"), device_profile("datacenter_gpu")
     speed = ("flops_per_s", "down_bps", "up_bps")
     for slower, faster in ((iot, low), (low, mid), (mid, high), (high, laptop), (laptop, gpu)):
         for attr in speed:
             assert getattr(slower, attr) < getattr(faster, attr), (slower.name, faster.name, attr)
     assert low.latency_s > mid.latency_s > high.latency_s > gpu.latency_s
-    assert all(name == p.name for name, p in CATALOGUE.items())
+    assert all(name == p.name for name, p in ((n, device_profile(n)) for n in PROFILES.names()))
 
 
 def _close_round(totals, deadline_s):
@@ -151,7 +159,7 @@ def test_population_rejects_non_positive_weights(mix):
 def test_unknown_profile_lists_the_catalogue():
     with pytest.raises(ValueError, match="smartwatch") as info:
         Population.from_mix(10, {"smartwatch": 1.0}, seed=0)
-    for name in CATALOGUE:
+    for name in PROFILES.names():
         assert name in str(info.value)
 
 
@@ -181,5 +189,5 @@ def test_availability_rate_matches_each_profile():
     is_low = population.profile_ids == low_id
 
     # 50,000 draws each: the standard error is about 0.002
-    assert online[is_low].mean() == pytest.approx(CATALOGUE["phone_low"].availability, abs=0.01)
-    assert online[~is_low].mean() == pytest.approx(CATALOGUE["laptop"].availability, abs=0.01)
+    assert online[is_low].mean() == pytest.approx(device_profile("phone_low").availability, abs=0.01)
+    assert online[~is_low].mean() == pytest.approx(device_profile("laptop").availability, abs=0.01)

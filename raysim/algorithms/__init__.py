@@ -1,26 +1,32 @@
-"""Federated algorithms, selected by name in the config."""
+"""Federated algorithms, selected by `algorithm.name`: a registered name or an import path.
+
+Contract of an algorithm plug-in: `factory(cfg, model_factory, example_input) ->
+FederatedAlgorithm` (raysim.engine.api), where `cfg` is the ExperimentConfig,
+`model_factory(arch)` builds the run's model (arch None: the original) with the run's
+initial weights, and `example_input` is one batch of one example. A FederatedAlgorithm
+subclass whose __init__ takes those three is such a factory. Registered with
+`explores=True` when its set-up phase is an exploration (the benchmarks price it).
+"""
 from __future__ import annotations
 
 import torch
 
+from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.fedopt import FedAdagrad, FedAdam, FedYogi
+from raysim.algorithms.fedprox import FedProx
 from raysim.config import ExperimentConfig
 from raysim.engine.api import FederatedAlgorithm
 from raysim.engine.runner import ModelFactory
+from raysim.registry import Registry
+
+ALGORITHMS = Registry("algorithm", "algorithm.name")
+for _cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad):
+    ALGORITHMS.register(_cls.name, _cls)
 
 
 def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor) -> FederatedAlgorithm:
-    from raysim.algorithms.fedavg import FedAvg
-
-    name = cfg.algorithm.name
-    if name == "fedavg":
-        return FedAvg(cfg)
-    # Imported lazily: the pruning methods live in the autoflip package.
-    from autoflip.algorithm import VARIANTS, AutoFLIP
-    from autoflip.baselines import HybridMagnitude, HybridRandom, MagnitudePruning, RandomPruning
-    from autoflip.feddst import FedDST
-    from autoflip.prunefl import PruneFL
-
-    if name in VARIANTS:
-        return AutoFLIP(cfg, model_factory, example_input)
-    baselines = {c.name: c for c in (RandomPruning, MagnitudePruning, HybridRandom, HybridMagnitude, PruneFL, FedDST)}
-    return baselines[name](cfg, model_factory, example_input)
+    algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg, model_factory, example_input)
+    if not isinstance(algorithm, FederatedAlgorithm):
+        raise TypeError(f"algorithm.name={cfg.algorithm.name!r} built {type(algorithm).__name__}, not a "
+                        "raysim.engine.api.FederatedAlgorithm")
+    return algorithm

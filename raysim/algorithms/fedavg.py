@@ -50,7 +50,8 @@ class FedAvg(FederatedAlgorithm):
     name = "fedavg"
     collects_deviations = False  # AutoFLIP's adaptive guidance needs clients' squared deviations
 
-    def __init__(self, cfg: ExperimentConfig):
+    def __init__(self, cfg: ExperimentConfig, model_factory=None, example_input=None):
+        # The factory contract passes the model builder and an example input; FedAvg needs neither.
         self.cfg = cfg
 
     def init_state(self, weights: Tensors) -> ServerState:
@@ -81,10 +82,15 @@ class FedAvg(FederatedAlgorithm):
         return RoundPlan(round_idx, tasks, broadcast)
 
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:
+        return self._train_and_upload(model, data, task, broadcast)
+
+    def _train_and_upload(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast,
+                          extra_loss=None) -> ClientUpdate:
+        """Local training (with the subclass's loss term, if any) and the masked upload of the change."""
         c = self.cfg.clients
         result = local_train(
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
-            seed=task.seed, masks=broadcast.masks,
+            seed=task.seed, masks=broadcast.masks, extra_loss=extra_loss,
         )
         trained = model.state_dict()
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}

@@ -19,9 +19,9 @@ from pathlib import Path
 from rich.console import Console
 
 from autoflip.algorithm import explorer_ids
+from raysim.algorithms import ALGORITHMS
 from raysim.benchmarks.common import prepare_out
 from raysim.benchmarks.savings_arms import (
-    AUTOFLIP,
     BASELINE,
     LEVELS,
     REFERENCE_POINT,
@@ -74,7 +74,7 @@ HOW_MEASURED = MEASURED | {
 # ---------------------------------------------------------------- planning
 
 def explores(arm: Arm) -> bool:
-    return arm.method.startswith(AUTOFLIP)
+    return bool(ALGORITHMS.info(arm.method).get("explores"))
 
 
 def exploration_in_rounds(cfg: ExperimentConfig) -> float:

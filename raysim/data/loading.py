@@ -7,9 +7,8 @@ federation and changing, say, max_test_samples leaves the partition alone.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,35 +20,62 @@ from raysim.data.idx import load_idx_dataset, num_idx_classes
 from raysim.data.leaf import load_leaf
 from raysim.data.synthetic import generate_synthetic
 from raysim.engine.seeds import rng_for
+from raysim.registry import Registry
 
 DATA_DIR_ENV = "RAYSIM_DATA_DIR"
 FASHION_MNIST_SYSTEM_PATH = Path("/usr/share/datasets/fashion-mnist")
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    input_kind: Literal["image", "vector", "sequence"]
-    has_users: bool  # rows carry a user, so the natural partition applies
-    needs_files: bool
+class CentralData(NamedTuple):
+    """What a dataset plug-in returns: the whole training and test sets, before any client
+    split. `train_users[i]` is the user of training row i for datasets with users (the
+    natural partition needs them), else None."""
 
-
-DATASETS: dict[str, DatasetInfo] = {
-    "synthetic": DatasetInfo("vector", has_users=True, needs_files=False),
-    "mnist": DatasetInfo("image", has_users=False, needs_files=True),
-    "fashion_mnist": DatasetInfo("image", has_users=False, needs_files=True),
-    "emnist": DatasetInfo("image", has_users=False, needs_files=True),
-    "cifar10": DatasetInfo("image", has_users=False, needs_files=True),
-    "cifar100": DatasetInfo("image", has_users=False, needs_files=True),
-    "femnist": DatasetInfo("image", has_users=True, needs_files=True),
-    "shakespeare": DatasetInfo("sequence", has_users=True, needs_files=True),
-}
-
-
-class _Central(NamedTuple):
     train: ArrayDataset
     test: ArrayDataset
     num_classes: int
-    train_users: np.ndarray | None
+    train_users: np.ndarray | None = None
+
+
+DATASETS = Registry("dataset", "data.dataset")
+"""Dataset plug-ins. Contract: `load(cfg: DataConfig, rng: numpy.random.Generator) ->
+CentralData`, with `x` float32 (N, *input_shape) or int64 token ids, `y` int64 labels in
+[0, num_classes). `rng` is the run seed's data stream, for datasets that are generated.
+Registered with `inputs` (its input kind: "vector", "image" or "sequence") and `has_users`
+so that configs that cannot work are refused before any work."""
+
+
+def _root(cfg: DataConfig) -> Path:
+    return Path(cfg.path).expanduser() if cfg.path is not None else default_data_path(cfg.dataset)
+
+
+def _synthetic(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
+    data = generate_synthetic(cfg.synthetic, cfg.num_clients, rng)
+    return CentralData(data.train, data.test, data.num_classes, data.train_users)
+
+
+def _idx(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
+    train, test = load_idx_dataset(_root(cfg), cfg.dataset)
+    return CentralData(train, test, num_idx_classes(cfg.dataset))
+
+
+def _cifar(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
+    train, test = load_cifar(_root(cfg), cfg.dataset)
+    return CentralData(train, test, num_cifar_classes(cfg.dataset))
+
+
+def _leaf(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
+    data = load_leaf(_root(cfg), cfg.dataset)
+    return CentralData(data.train, data.test, data.num_classes, data.train_users)
+
+
+DATASETS.register("synthetic", _synthetic, inputs="vector", has_users=True)
+for _name in ("mnist", "fashion_mnist", "emnist"):
+    DATASETS.register(_name, _idx, inputs="image", has_users=False)
+for _name in ("cifar10", "cifar100"):
+    DATASETS.register(_name, _cifar, inputs="image", has_users=False)
+DATASETS.register("femnist", _leaf, inputs="image", has_users=True)
+DATASETS.register("shakespeare", _leaf, inputs="sequence", has_users=True)
 
 
 def default_data_path(dataset: str) -> Path:
@@ -68,15 +94,12 @@ def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset:
     user count keeps the users with the most training rows (ties: lower user index first); the
     other users' train rows are dropped, their test rows stay in the global test set.
     """
-    info = DATASETS[cfg.dataset]
-    if cfg.partition.scheme == "natural" and not info.has_users:
-        allowed = ", ".join(name for name, i in DATASETS.items() if i.has_users)
-        raise ValueError(
-            f"data.partition.scheme='natural' needs a dataset with users ({allowed}); "
-            f"data.dataset is {cfg.dataset!r}: use iid, dirichlet or classes"
-        )
     generate_rng, train_rng, test_rng, partition_rng, holdout_rng = (rng_for(seed, "data", s) for s in range(5))
+    # Known before any file is read for registered datasets; after loading for import-path ones.
+    if DATASETS.info(cfg.dataset).get("has_users") is False:
+        _check_users(cfg, None)
     central = _load_central(cfg, generate_rng)
+    _check_users(cfg, central.train_users)
     train, users = _subsample(central.train, central.train_users, cfg.max_train_samples, train_rng)
     test, _ = _subsample(central.test, None, cfg.max_test_samples, test_rng)
     parts = _partition(cfg, train, users, partition_rng)
@@ -86,19 +109,21 @@ def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset:
     )
 
 
-def _load_central(cfg: DataConfig, rng: np.random.Generator) -> _Central:
-    if cfg.dataset == "synthetic":
-        data = generate_synthetic(cfg.synthetic, cfg.num_clients, rng)
-        return _Central(data.train, data.test, data.num_classes, data.train_users)
-    root = Path(cfg.path).expanduser() if cfg.path is not None else default_data_path(cfg.dataset)
-    if cfg.dataset in ("mnist", "fashion_mnist", "emnist"):
-        train, test = load_idx_dataset(root, cfg.dataset)
-        return _Central(train, test, num_idx_classes(cfg.dataset), None)
-    if cfg.dataset in ("cifar10", "cifar100"):
-        train, test = load_cifar(root, cfg.dataset)
-        return _Central(train, test, num_cifar_classes(cfg.dataset), None)
-    data = load_leaf(root, cfg.dataset)
-    return _Central(data.train, data.test, data.num_classes, data.train_users)
+def _check_users(cfg: DataConfig, users: np.ndarray | None) -> None:
+    if PARTITIONERS.info(cfg.partition.scheme).get("needs_users") and users is None:
+        allowed = ", ".join(n for n in DATASETS.names() if DATASETS.info(n).get("has_users"))
+        raise ValueError(
+            f"data.partition.scheme={cfg.partition.scheme!r} needs a dataset with users ({allowed}); "
+            f"data.dataset is {cfg.dataset!r}: use iid, dirichlet or classes"
+        )
+
+
+def _load_central(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
+    central = DATASETS.get(cfg.dataset)(cfg, rng)
+    if not isinstance(central, CentralData):
+        raise ValueError(f"data.dataset={cfg.dataset!r} returned {type(central).__name__}, not "
+                         "raysim.data.loading.CentralData(train, test, num_classes, train_users)")
+    return central
 
 
 def _subsample(
@@ -111,17 +136,27 @@ def _subsample(
     return ArrayDataset(data.x[rows], data.y[rows]), (users[rows] if users is not None else None)
 
 
+PARTITIONERS = Registry("partitioner", "data.partition.scheme")
+"""Partitioner plug-ins. Contract: `split(labels, users, num_clients, spec, rng) -> list of
+int64 row-index arrays, one per client`, where `labels` are the training labels, `users`
+each row's user (None for datasets without users), `spec` the PartitionConfig (alpha,
+classes_per_client, min_samples) and `rng` the run seed's partition stream. Registered
+with `needs_users=True` when it cannot work without users."""
+
+PARTITIONERS.register("iid", lambda labels, users, n, spec, rng: partition.iid(len(labels), n, rng))
+PARTITIONERS.register("dirichlet",
+                      lambda labels, users, n, spec, rng: partition.dirichlet(labels, n, spec.alpha, rng,
+                                                                              spec.min_samples))
+PARTITIONERS.register("classes", lambda labels, users, n, spec, rng: partition.classes_per_client(
+    labels, n, spec.classes_per_client, rng))
+PARTITIONERS.register("natural", lambda labels, users, n, spec, rng: partition.natural(users, max_clients=n),
+                      needs_users=True)
+
+
 def _partition(
     cfg: DataConfig, train: ArrayDataset, users: np.ndarray | None, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    spec = cfg.partition
-    if spec.scheme == "iid":
-        return partition.iid(len(train), cfg.num_clients, rng)
-    if spec.scheme == "dirichlet":
-        return partition.dirichlet(train.y, cfg.num_clients, spec.alpha, rng, spec.min_samples)
-    if spec.scheme == "classes":
-        return partition.classes_per_client(train.y, cfg.num_clients, spec.classes_per_client, rng)
-    return partition.natural(users, max_clients=cfg.num_clients)
+    return PARTITIONERS.get(cfg.partition.scheme)(train.y, users, cfg.num_clients, cfg.partition, rng)
 
 
 def _drop_unassigned(train: ArrayDataset, parts: list[np.ndarray]) -> tuple[ArrayDataset, list[np.ndarray]]:

@@ -22,9 +22,13 @@ from raysim.engine.training import evaluate
 
 
 class Callback:
-    """Side effects of a run (round log, checkpoints, progress, metrics); all hooks optional."""
+    """Side effects of a run (round log, checkpoints, progress, metrics); all hooks optional.
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None: ...
+    `on_round_end` sees each round's record (the row rounds.parquet gets), the server
+    state after the round and the merged client sums; returning True stops the run after
+    this round (every callback still sees it, then `on_run_end` runs as usual)."""
+
+    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> bool | None: ...
 
     def on_run_end(self, state: ServerState) -> None: ...
 
@@ -99,9 +103,10 @@ class RoundLoop:
     clock: ClockPredictor
     overcommit: float = 1.0
 
-    def _notify(self, record: dict, state: ServerState, partial: Partial) -> None:
-        for cb in self.callbacks:
-            cb.on_round_end(record, state, partial)
+    def _notify(self, record: dict, state: ServerState, partial: Partial) -> bool:
+        """Whether any callback asked to stop."""
+        stops = [cb.on_round_end(record, state, partial) for cb in self.callbacks]
+        return any(stop is True for stop in stops)
 
     def _setup(self, state: ServerState) -> ServerState:
         """An algorithm's one-off phase before round 1 (AutoFLIP's exploration), logged as round 0."""
@@ -139,7 +144,8 @@ class RoundLoop:
             record.update(metrics)
             if (r + 1) % self.eval_every == 0 or r + 1 == self.rounds:
                 record.update(self.evaluator(state))
-            self._notify(record, state, partial)
+            if self._notify(record, state, partial):
+                break
         for cb in self.callbacks:
             cb.on_run_end(state)
         return state

@@ -1,6 +1,7 @@
 """Local training and evaluation on one client's data: plain PyTorch, no framework."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,10 +50,12 @@ def local_train(
     seed: int,
     masks: Tensors | None = None,
     patience: int | None = None,
+    extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train in place. Masked entries get zero gradient and are re-zeroed after every
     step (Adam's moment estimates would otherwise move them). With `patience`, stop
-    once the epoch-mean loss has not improved for that many epochs."""
+    once the epoch-mean loss has not improved for that many epochs. `extra_loss(model)`
+    is added to each batch's loss before the backward pass."""
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), optimizer, lr)
     pairs = _param_masks(model, masks or {})
@@ -67,7 +70,9 @@ def local_train(
             idx = order[start : start + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = F.cross_entropy(model(data.x[idx]), data.y[idx])
-            loss.backward()
+            # A term of the algorithm's (FedProx's proximal term) is trained on, not reported:
+            # epoch losses stay comparable across methods.
+            (loss + extra_loss(model) if extra_loss is not None else loss).backward()
             for param, mask in pairs:
                 param.grad.mul_(mask)
             opt.step()

@@ -1,4 +1,4 @@
 """Models the simulator trains, and the names pruning must respect."""
-from raysim.models.zoo import build_model, output_layer_name, prunable_layer_names
+from raysim.models.zoo import MODELS, build_model, output_layer_name, prunable_layer_names
 
-__all__ = ["build_model", "output_layer_name", "prunable_layer_names"]
+__all__ = ["MODELS", "build_model", "output_layer_name", "prunable_layer_names"]

@@ -14,12 +14,12 @@ so a model built under `torch.manual_seed(s)` is the same for the same `s`.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from raysim.config import ModelConfig
+from raysim.registry import Registry
 
 ImageShape = tuple[int, int, int]
 
@@ -192,30 +192,48 @@ def _build_char_lstm(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> 
     return CharLSTM(classes, cfg.embedding, cfg.hidden, cfg.layers)
 
 
-_BUILDERS: dict[str, Callable[[ModelConfig, tuple[int, ...], int], nn.Module]] = {
-    "logreg": lambda cfg, shape, classes: LogisticRegression(math.prod(shape), classes),
-    "mlp": lambda cfg, shape, classes: MLP(math.prod(shape), cfg.hidden, cfg.layers, classes),
-    "twocnn": lambda cfg, shape, classes: TwoCNN(_image_shape(cfg.name, shape), classes),
-    "cifar_cnn": lambda cfg, shape, classes: CifarCNN(_image_shape(cfg.name, shape), classes),
-    "resnet": lambda cfg, shape, classes: ResNet(_image_shape(cfg.name, shape), classes),
-    "char_lstm": _build_char_lstm,
-}
+MODELS = Registry("model", "model.name")
+"""Model plug-ins. Contract: `builder(input_shape, num_classes, cfg) -> nn.Module`, where
+`input_shape` is one example's shape without the batch dimension (C, H, W for images,
+(features,) for vectors, (seq_len,) for token ids), `num_classes` the label count (for
+next-character models, the vocabulary) and `cfg` the run's ModelConfig (hidden, layers,
+embedding). The module maps a batch to logits (N, num_classes); its last nn.Linear is
+the output layer, which pruning never touches. Registered with `inputs`, the input
+kinds it takes ("vector", "image", "sequence"), so a config that cannot work is refused
+before any work; an import-path model is checked when it is built."""
+
+MODELS.register("logreg", lambda shape, classes, cfg: LogisticRegression(math.prod(shape), classes),
+                inputs=("vector", "image"))
+MODELS.register("mlp", lambda shape, classes, cfg: MLP(math.prod(shape), cfg.hidden, cfg.layers, classes),
+                inputs=("vector", "image"))
+MODELS.register("twocnn", lambda shape, classes, cfg: TwoCNN(_image_shape(cfg.name, shape), classes), inputs=("image",))
+MODELS.register("cifar_cnn", lambda shape, classes, cfg: CifarCNN(_image_shape(cfg.name, shape), classes),
+                inputs=("image",))
+MODELS.register("resnet", lambda shape, classes, cfg: ResNet(_image_shape(cfg.name, shape), classes), inputs=("image",))
+MODELS.register("char_lstm", lambda shape, classes, cfg: _build_char_lstm(cfg, shape, classes), inputs=("sequence",))
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The model `cfg.name` for examples of `input_shape` (no batch dimension).
+    """The model `cfg.name` (a registered name or an import path) for examples of
+    `input_shape` (no batch dimension).
 
     For char_lstm the vocabulary is `num_classes` (next-character prediction).
     Raises ValueError naming the model and the shape when they do not fit.
     """
     input_shape = tuple(int(d) for d in input_shape)
-    if cfg.name not in _BUILDERS:
-        raise ValueError(f"unknown model '{cfg.name}'; known models: {', '.join(sorted(_BUILDERS))}")
+    try:
+        builder = MODELS.get(cfg.name)
+    except LookupError as exc:
+        raise ValueError(f"model.name: {exc}") from None
     if not input_shape or min(input_shape) < 1:
         raise ValueError(f"model '{cfg.name}': input shape {input_shape} must have positive dimensions")
     if num_classes < 2:
         raise ValueError(f"model '{cfg.name}': num_classes must be >= 2, got {num_classes}")
-    return _BUILDERS[cfg.name](cfg, input_shape, num_classes)
+    model = builder(input_shape, num_classes, cfg)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"model.name={cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module; a model "
+                         "plug-in is called with (input_shape, num_classes, cfg) and returns the module")
+    return model
 
 
 def output_layer_name(model: nn.Module) -> str:

@@ -44,11 +44,21 @@ def load_checkpoint(stem: Path) -> ServerState:
 class Checkpointer(Callback):
     def __init__(self, run_dir: Path, every: int, rounds: int, keep: int = 2):
         self.run_dir, self.every, self.rounds, self.keep = run_dir, every, rounds, keep
+        self._saved: int | None = None
 
     def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
         if state.round % self.every == 0 or state.round == self.rounds:
-            save_checkpoint(self.run_dir, state)
-            self._prune()
+            self._save(state)
+
+    def on_run_end(self, state: ServerState) -> None:
+        """A run a callback stopped early ends with a checkpoint of its last round too."""
+        if self._saved != state.round:
+            self._save(state)
+
+    def _save(self, state: ServerState) -> None:
+        save_checkpoint(self.run_dir, state)
+        self._saved = state.round
+        self._prune()
 
     def _prune(self) -> None:
         metas = sorted((self.run_dir / CHECKPOINT_DIR).glob("round-*.json"))

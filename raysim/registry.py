@@ -1,0 +1,128 @@
+"""One registry per kind of plug-in: the only place its names are listed.
+
+Config validation, CLI help and the benchmarks read names from here. A config value
+may also be an import path, `package.module:attribute`, to the user's own code
+(installed or on PYTHONPATH); it is imported when the config is validated, so a bad
+path fails before any work. Packages outside raysim add names through the
+`raysim.plugins` entry-point group: each entry point is a function called once, with
+no arguments, that registers what the package brings (autoflip does this), so raysim
+never imports them by name.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points, packages_distributions
+from pathlib import Path
+from typing import Any
+
+PLUGIN_GROUP = "raysim.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Run every installed `raysim.plugins` entry point, once per process."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for ep in entry_points(group=PLUGIN_GROUP):
+        ep.load()()
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def import_object(path: str) -> Any:
+    """`package.module:attribute` (the attribute may be dotted)."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise LookupError(f"{path!r}: an import path is package.module:attribute")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise LookupError(f"{path!r}: cannot import {module_name} ({exc}); install it or put it on PYTHONPATH") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise LookupError(f"{path!r}: {module_name} has no attribute {attr}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def local_packages(import_paths: list[str]) -> list[str]:
+    """The folders of the not-installed packages that `import_paths` import from: what Ray
+    must ship to its workers (as runtime_env py_modules) for them to import the same code.
+    Installed distributions are left out: the workers' environment has them."""
+    installed = packages_distributions()
+    folders = []
+    for path in import_paths:
+        top = path.partition(":")[0].split(".")[0]
+        spec = importlib.util.find_spec(top)
+        if top in installed or spec is None or not spec.submodule_search_locations:
+            continue  # installed, unknown (validation says so) or a single-file module on PYTHONPATH
+        folder = str(Path(list(spec.submodule_search_locations)[0]).resolve())
+        if folder not in folders:
+            folders.append(folder)
+    return folders
+
+
+@dataclass
+class Entry:
+    obj: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Registry:
+    """Names of one kind of plug-in (`kind`, set by the config field `field`)."""
+
+    def __init__(self, kind: str, field_name: str):
+        self.kind = kind
+        self.field = field_name  # where configs name it, for messages outside config validation
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, obj: Any = None, **info: Any):
+        """Register `obj` under `name`, or decorate: `@REGISTRY.register("name")`.
+        `info` is what validation needs to know without building it (e.g. the inputs a
+        model takes)."""
+        if is_import_path(name):
+            raise ValueError(f"{self.kind} name {name!r}: ':' is reserved for import paths")
+
+        def add(target: Any) -> Any:
+            if name in self._entries and self._entries[name].obj is not target:
+                raise ValueError(f"{self.kind} {name!r} is already registered")
+            self._entries[name] = Entry(target, dict(info))
+            return target
+
+        return add if obj is None else add(obj)
+
+    def names(self) -> list[str]:
+        load_plugins()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Any:
+        """The registered object, or the object an import path names."""
+        if is_import_path(name):
+            return import_object(name)
+        return self._entry(name).obj
+
+    def info(self, name: str) -> dict[str, Any]:
+        """What was registered about `name` ({} for an import path)."""
+        return {} if is_import_path(name) else self._entry(name).info
+
+    def check(self, name: str) -> str:
+        """`name` if it resolves, else a ValueError saying what is allowed (config validation
+        puts the field in front)."""
+        try:
+            self.get(name)
+        except LookupError as exc:
+            raise ValueError(str(exc)) from None
+        return name
+
+    def _entry(self, name: str) -> Entry:
+        load_plugins()
+        if name not in self._entries:
+            raise LookupError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}, "
+                              "or an import path package.module:attribute")
+        return self._entries[name]
