@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from raysim.engine.sampling import cohort_size
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial
 from raysim.models import build_model
-from raysim.registry import is_import_path, local_packages
+from raysim.registry import import_object, is_import_path, local_packages, preload
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
@@ -79,16 +80,36 @@ def plugin_import_paths(cfg: ExperimentConfig) -> list[str]:
     return [n for n in names if is_import_path(n)]
 
 
+def shipped_plugins(cfg: ExperimentConfig) -> dict[str, object]:
+    """The config's import-path plug-ins from packages that are not installed, resolved here
+    and marked for pickling by value: Ray workers receive their code with the runner
+    factory, on any cluster, instead of importing it from a path only this machine has."""
+    import ray.cloudpickle
+
+    paths = plugin_import_paths(cfg)
+    local = set(local_packages(paths))
+    for name, module in list(sys.modules.items()):
+        if name.split(".")[0] in local and module is not None:
+            ray.cloudpickle.register_pickle_by_value(module)
+    return {p: import_object(p) for p in paths if p.partition(":")[0].split(".")[0] in local}
+
+
+def build_worker_runner(cfg: ExperimentConfig, population: Population, plugins: dict[str, object],
+                        dataset: FederatedDataset, device: str = "cpu") -> ClientRunner:
+    """build_runner on a Ray worker, with the plug-ins the driver shipped."""
+    preload(plugins)
+    return build_runner(cfg, population, dataset, device)
+
+
 def build_backend(cfg: ExperimentConfig, runner: ClientRunner) -> Backend:
     """In-process: `runner` (the driver's) runs the clients; Ray: every worker builds its own."""
     if cfg.backend.name == "inprocess":
         return InProcessBackend(runner, worker_threads(cfg.backend))
     from raysim.engine.ray_backend import RayBackend
 
-    shipped = local_packages(plugin_import_paths(cfg))
     try:
-        return RayBackend(functools.partial(build_runner, cfg, runner.population), runner.dataset, cfg.backend,
-                          runtime_env={"py_modules": shipped} if shipped else None)
+        return RayBackend(functools.partial(build_worker_runner, cfg, runner.population, shipped_plugins(cfg)),
+                          runner.dataset, cfg.backend)
     except ValueError as exc:  # the pool does not fit the cluster
         raise ConfigError(str(exc)) from None
 

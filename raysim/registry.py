@@ -11,10 +11,8 @@ never imports them by name.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points, packages_distributions
-from pathlib import Path
 from typing import Any
 
 PLUGIN_GROUP = "raysim.plugins"
@@ -52,20 +50,24 @@ def import_object(path: str) -> Any:
 
 
 def local_packages(import_paths: list[str]) -> list[str]:
-    """The folders of the not-installed packages that `import_paths` import from: what Ray
-    must ship to its workers (as runtime_env py_modules) for them to import the same code.
-    Installed distributions are left out: the workers' environment has them."""
+    """The top-level packages (or single-file modules) `import_paths` import from that are
+    not installed distributions: code a Ray worker's environment cannot be assumed to have."""
     installed = packages_distributions()
-    folders = []
+    tops = []
     for path in import_paths:
         top = path.partition(":")[0].split(".")[0]
-        spec = importlib.util.find_spec(top)
-        if top in installed or spec is None or not spec.submodule_search_locations:
-            continue  # installed, unknown (validation says so) or a single-file module on PYTHONPATH
-        folder = str(Path(list(spec.submodule_search_locations)[0]).resolve())
-        if folder not in folders:
-            folders.append(folder)
-    return folders
+        if top not in installed and top not in tops:
+            tops.append(top)
+    return tops
+
+
+_preloaded: dict[str, Any] = {}
+
+
+def preload(objects: dict[str, Any]) -> None:
+    """Objects a Ray worker received with its task, by import path: `get` returns them
+    instead of importing (their module is not on the worker)."""
+    _preloaded.update(objects)
 
 
 @dataclass
@@ -104,7 +106,7 @@ class Registry:
     def get(self, name: str) -> Any:
         """The registered object, or the object an import path names."""
         if is_import_path(name):
-            return import_object(name)
+            return _preloaded[name] if name in _preloaded else import_object(name)
         return self._entry(name).obj
 
     def info(self, name: str) -> dict[str, Any]:

@@ -167,12 +167,13 @@ def test_registries_refuse_clashes_and_list_every_name():
 
 
 def test_on_ray_the_users_package_is_shipped_to_the_workers_and_gives_the_same_run(tmp_path, mylab, ray_cluster):
-    from raysim.experiment import plugin_import_paths
+    from raysim.experiment import plugin_import_paths, shipped_plugins
     from raysim.registry import local_packages
 
     cfg = _config(tmp_path, rounds=2)
-    assert local_packages(plugin_import_paths(cfg)) == [str(mylab.resolve())]  # not installed: shipped
+    assert local_packages(plugin_import_paths(cfg)) == ["mylab"]  # not installed: its code travels with the task
     assert local_packages(["raysim.models:MODELS", "numpy:zeros"]) == []  # installed: the workers have them
+    assert sorted(shipped_plugins(cfg)) == sorted(plugin_import_paths(cfg))
     runs = {}
     for backend in ("inprocess", "ray"):
         cfg = _config(tmp_path, rounds=2, name=backend, backend={"name": backend, "num_workers": 2})

@@ -170,8 +170,7 @@ class _WorkerRound:
 
 
 class RayBackend(Backend):
-    def __init__(self, runner_factory: RunnerFactory, dataset: FederatedDataset, cfg: BackendConfig,
-                 runtime_env: dict | None = None):
+    def __init__(self, runner_factory: RunnerFactory, dataset: FederatedDataset, cfg: BackendConfig):
         if not ray.is_initialized():
             raise RuntimeError("RayBackend needs ray.init() first (raysim.engine.ray_session does it for a run)")
         self.cfg = cfg
@@ -182,8 +181,6 @@ class RayBackend(Backend):
         self._dataset_ref = ray.put(dataset)  # once; every worker maps the same buffers
         self._actor_cls = ray.remote(ClientWorker).options(
             num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0, max_task_retries=0,
-            # The user's own plug-in packages, shipped to the workers (experiment.plugin_import_paths).
-            **({"runtime_env": runtime_env} if runtime_env else {}),
         )
         self.workers = [self._spawn(i) for i in range(self.size)]
         self._round = 0
