@@ -45,6 +45,15 @@ VARIANTS = {  # name -> (structured, unstructured, adaptive)
 GROW_SIGNAL_BYTES = "grow_signal_bytes"
 
 
+def with_squared_deviations(update: ClientUpdate) -> ClientUpdate:
+    """The update plus its squared deviations, what adaptation sums: the square of the
+    decoded change the worker already holds (delta.total / n gives it back exactly)."""
+    delta = update.contribution["delta"]
+    received = {k: (v / delta.weight).to(torch.float32) for k, v in delta.total.items()}
+    sq_dev = WeightedSum.of({k: v * v for k, v in received.items()}, delta.weight)
+    return replace(update, contribution=dict(update.contribution, sq_dev=sq_dev))
+
+
 def explorer_ids(seed: int, explore_fraction: float, population: int) -> list[int]:
     """The clients that explore: a seeded draw, the same for every variant of one seed."""
     count = max(1, round(explore_fraction * population))
@@ -52,7 +61,7 @@ def explorer_ids(seed: int, explore_fraction: float, population: int) -> list[in
 
 
 class AutoFLIP(PrunedFedAvg):
-    collects_deviations = True
+    explorer_ids = staticmethod(explorer_ids)  # what the benchmarks read, through the registry
 
     def __init__(self, cfg, model_factory, example_input):
         super().__init__(cfg, model_factory, example_input)
@@ -77,7 +86,7 @@ class AutoFLIP(PrunedFedAvg):
             if self.pruning.growth == "gradient" and self._adjusts(task.round + 1) and broadcast.masks:
                 probe = PrunedGradientProbe(model, broadcast.masks)
             try:
-                update = super().client_update(model, data, task, broadcast)
+                update = with_squared_deviations(super().client_update(model, data, task, broadcast))
             finally:
                 if probe is not None:
                     probe.close()

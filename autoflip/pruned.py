@@ -8,6 +8,7 @@ import torch
 
 from autoflip.guidance import prunable_weight_names
 from autoflip.masks import jaccard, overall_sparsity
+from autoflip.structured import replay
 from raysim.algorithms.fedavg import FedAvg, state_masks
 from raysim.config import ExperimentConfig
 from raysim.engine.api import ServerState
@@ -22,6 +23,9 @@ def parameter_count(weights: Tensors, names: list[str], masks: Tensors) -> int:
 
 class PrunedFedAvg(FedAvg):
     """FedAvg whose server keeps a mask (and possibly a smaller architecture)."""
+
+    # Workers rebuild a structurally pruned architecture from its JSON record.
+    rebuild_model = staticmethod(replay)
 
     def __init__(self, cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor):
         super().__init__(cfg)

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import torch
 
-from raysim.algorithms import build_algorithm
+from raysim.algorithms import ALGORITHMS, build_algorithm
 from raysim.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
 from raysim.data.federated import FederatedDataset
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
-from raysim.engine.api import ServerState
+from raysim.engine.api import FederatedAlgorithm, ServerState
 from raysim.engine.backend import Backend, InProcessBackend, worker_threads
 from raysim.engine.clock import ClockPredictor
 from raysim.engine.loop import Callback, Evaluator, RoundLoop
@@ -37,17 +37,17 @@ CONFIG_FILE = "config.yaml"
 
 def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int,
                   example_input: torch.Tensor) -> ModelFactory:
-    """Builds the model for an architecture record: the original model, or the
-    original with a structured-pruning record replayed on it."""
+    """Builds the model for an architecture record: the original model, or the original
+    rebuilt by the algorithm's `rebuild_model` hook (a pruned architecture, say)."""
+    algorithm = ALGORITHMS.get(cfg.algorithm.name)
+    rebuild = getattr(algorithm, "rebuild_model", FederatedAlgorithm.rebuild_model)
 
     def build(arch):
         # The same initial weights for every method compared under one seed.
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         model = build_model(cfg.model, input_shape, num_classes)
         if arch is not None:
-            from autoflip.structured import replay
-
-            replay(model, arch, example_input)
+            rebuild(model, arch, example_input)
         return model
 
     return build

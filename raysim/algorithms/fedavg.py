@@ -48,7 +48,6 @@ def with_masks(state: ServerState, masks: Tensors) -> ServerState:
 
 class FedAvg(FederatedAlgorithm):
     name = "fedavg"
-    collects_deviations = False  # AutoFLIP's adaptive guidance needs clients' squared deviations
 
     def __init__(self, cfg: ExperimentConfig, model_factory=None, example_input=None):
         # The factory contract passes the model builder and an example input; FedAvg needs neither.
@@ -98,8 +97,6 @@ class FedAvg(FederatedAlgorithm):
         payload = self.encode(delta, broadcast.masks, include_mask=False)
         received = decode(payload, broadcast.masks)  # aggregate what went over the wire
         contribution = {"delta": WeightedSum.of(received, len(data))}
-        if self.collects_deviations:
-            contribution["sq_dev"] = WeightedSum.of({k: v * v for k, v in received.items()}, len(data))
         return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
 
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from autoflip.algorithm import explorer_ids
 from raysim.algorithms import ALGORITHMS
 from raysim.benchmarks.common import prepare_out
 from raysim.benchmarks.savings_arms import (
+    AUTOFLIP,
     BASELINE,
     LEVELS,
     REFERENCE_POINT,
@@ -183,6 +183,7 @@ def label_coverage(base: ExperimentConfig, seeds: list[int]) -> dict:
     out = {}
     for seed in seeds:
         ds = load_federated_dataset(base.data, seed)
+        explorer_ids = ALGORITHMS.get(AUTOFLIP).explorer_ids  # the registry's, not an import of autoflip
         explorers = explorer_ids(seed, base.algorithm.pruning.explore_fraction, ds.num_clients)
         labels = {k: {int(v) for v in ds.train.y[ds.client_train_rows(k)]} for k in explorers}
         out[str(seed)] = explorer_label_coverage(labels, explorers, ds.num_classes)

@@ -90,6 +90,14 @@ class FederatedAlgorithm(ABC):
 
     name: str = "abstract"
 
+    @staticmethod
+    def rebuild_model(model: nn.Module, arch: Any, example_input: torch.Tensor) -> nn.Module:
+        """The model-builder hook: turn a freshly built original `model` into the
+        architecture `arch`, a record this algorithm put in `Broadcast.arch` (e.g. units
+        removed by structured pruning). Every worker calls it to build what the server
+        trains; the default knows no records."""
+        raise ValueError(f"architecture record {arch!r}: this algorithm cannot rebuild models from records")
+
     @abstractmethod
     def init_state(self, weights: Tensors) -> ServerState: ...
 
