@@ -8,35 +8,31 @@ keeps the masked upload, the tree-reduced sums and the server step. A client's
 contribution is a set of named weighted sums, which workers pre-sum and a tree merges:
 here each client's weight is min(samples, cap) instead of its sample count, so a few
 large clients cannot dominate the mean. Its parameter is declared as a pydantic model
-(`Params`), so `algorithm.params.cap` is validated like any config field.
+(`Params`, an AlgorithmParams), so `algorithm.params.cap` is validated like any config
+field and reaches the algorithm as `self.params.cap`.
 """
 from __future__ import annotations
 
 import sys
 from dataclasses import replace
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 import raysim
-from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.fedavg import AlgorithmParams, FedAvg
 from raysim.engine.stats import WeightedSum
 
 
 class CappedFedAvg(FedAvg):
     name = "capped_fedavg"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(AlgorithmParams):  # validated from algorithm.params into self.params
         cap: int = Field(100, ge=1, description="the largest weight one client's update gets")
-
-    def __init__(self, cfg, model_factory=None, example_input=None):
-        super().__init__(cfg, model_factory, example_input)
-        self.cap = self.Params.model_validate(cfg.algorithm.params).cap
 
     def client_update(self, model, data, task, broadcast):
         update = super().client_update(model, data, task, broadcast)
         delta = update.contribution["delta"]
-        weight = min(delta.weight, self.cap)
+        weight = min(delta.weight, self.params.cap)
         capped = WeightedSum({k: v * (weight / delta.weight) for k, v in delta.total.items()}, weight)
         return replace(update, contribution=dict(update.contribution, delta=capped),
                        metrics={"capped_clients": float(weight < delta.weight)})

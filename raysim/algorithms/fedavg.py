@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
@@ -31,6 +32,12 @@ from raysim.engine.training import local_train
 MASK_PREFIX = "mask/"
 
 
+class AlgorithmParams(BaseModel):
+    """Base of an algorithm's `Params`: unknown fields are refused, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 def state_masks(state: ServerState) -> Tensors:
     return state.group(MASK_PREFIX)
 
@@ -49,9 +56,12 @@ def with_masks(state: ServerState, masks: Tensors) -> ServerState:
 class FedAvg(FederatedAlgorithm):
     name = "fedavg"
 
+    Params: type[AlgorithmParams] | None = None  # an algorithm's own parameters (algorithm.params)
+
     def __init__(self, cfg: ExperimentConfig, model_factory=None, example_input=None):
         # The factory contract passes the model builder and an example input; FedAvg needs neither.
         self.cfg = cfg
+        self.params = self.Params.model_validate(cfg.algorithm.params) if self.Params else None
 
     def init_state(self, weights: Tensors) -> ServerState:
         return ServerState(round=0, weights={k: v.clone() for k, v in weights.items()})

@@ -16,9 +16,9 @@ would wreck any model, and server_momentum is FedAvg's too (beta1 plays its part
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.fedavg import AlgorithmParams, FedAvg
 from raysim.engine.api import RoundPlan, ServerState
 from raysim.engine.stats import Partial
 
@@ -28,16 +28,11 @@ FIRST, SECOND = "fedopt_m/", "fedopt_v/"
 class FedOpt(FedAvg):
     rule = "adam"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(AlgorithmParams):
         eta: float = Field(0.01, gt=0, description="server step size")
         beta1: float = Field(0.9, ge=0, lt=1)
         beta2: float = Field(0.99, ge=0, lt=1)
         tau: float = Field(1e-3, gt=0, description="adaptivity: larger is closer to FedAvg with momentum")
-
-    def __init__(self, cfg, model_factory=None, example_input=None):
-        super().__init__(cfg, model_factory, example_input)
-        self.params = self.Params.model_validate(cfg.algorithm.params)
 
     def _second_moment(self, v: torch.Tensor, d2: torch.Tensor) -> torch.Tensor:
         b2 = self.params.beta2

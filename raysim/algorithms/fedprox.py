@@ -4,10 +4,10 @@ global model. mu = 0 is FedAvg exactly: no term is added at all."""
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.fedavg import AlgorithmParams, FedAvg
 from raysim.algorithms.server_update import is_trainable_state
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate
 
@@ -15,22 +15,18 @@ from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate
 class FedProx(FedAvg):
     name = "fedprox"
 
-    class Params(BaseModel):
-        model_config = ConfigDict(extra="forbid", frozen=True)
+    class Params(AlgorithmParams):
         mu: float = Field(0.01, ge=0, description="weight of the proximal term")
 
-    def __init__(self, cfg, model_factory=None, example_input=None):
-        super().__init__(cfg, model_factory, example_input)
-        self.mu = self.Params.model_validate(cfg.algorithm.params).mu
-
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:
-        return self._train_and_upload(model, data, task, broadcast, self._proximal(broadcast) if self.mu > 0 else None)
+        proximal = self._proximal(broadcast) if self.params.mu > 0 else None
+        return self._train_and_upload(model, data, task, broadcast, proximal)
 
     def _proximal(self, broadcast: Broadcast):
         anchor = {k: w.detach() for k, w in broadcast.weights.items() if is_trainable_state(w)}
 
         def term(model: nn.Module) -> torch.Tensor:
             params = [(p, anchor[n]) for n, p in model.named_parameters() if n in anchor]
-            return self.mu / 2 * sum(((p - w) ** 2).sum() for p, w in params)
+            return self.params.mu / 2 * sum(((p - w) ** 2).sum() for p, w in params)
 
         return term
