@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,17 +14,17 @@ from raysim.config import ConfigError, ExperimentConfig, config_to_yaml, load_co
 from raysim.data.federated import FederatedDataset
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
-from raysim.engine.api import FederatedAlgorithm, ServerState
+from raysim.engine.api import FederatedAlgorithm
 from raysim.engine.backend import Backend, InProcessBackend, worker_threads
 from raysim.engine.clock import ClockPredictor
 from raysim.engine.loop import Callback, Evaluator, RoundLoop
 from raysim.engine.runner import ClientRunner, ModelFactory
 from raysim.engine.sampling import cohort_size
 from raysim.engine.seeds import derive_seed
-from raysim.engine.stats import Partial
 from raysim.models import build_model
 from raysim.registry import import_object, is_import_path, local_packages, preload
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
+from raysim.results.failure_log import FailureLog
 from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
 from raysim.results.run_dir import create_run_dir, write_atomic
@@ -51,19 +50,6 @@ def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
         return model
 
     return build
-
-
-class FailureLog(Callback):
-    """failures.jsonl: every failed client with its reason, one line each."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / "failures.jsonl"
-
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
-        if partial.failures:
-            with self.path.open("a") as f:
-                for fail in partial.failures:
-                    f.write(json.dumps(fail.__dict__) + "\n")
 
 
 def build_runner(cfg: ExperimentConfig, population: Population, dataset: FederatedDataset,

@@ -12,7 +12,6 @@ warm-up and is not counted (model build, worker start, FLOP profiling).
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from raysim.devices import Population
 from raysim.engine.backend import InProcessBackend, worker_threads
 from raysim.engine.sampling import sample_clients
 from raysim.engine.seeds import derive_seed
-from raysim.experiment import build_runner, model_factory
+from raysim.experiment import backend_session, build_backend, build_runner, model_factory
 
 # name -> (what it stresses, config overrides); benchmarks.md's E1 and E2.
 WORKLOADS = {
@@ -96,10 +95,6 @@ def time_floor(cfg: ExperimentConfig, dataset, factory, rounds: list[list[int]])
 
 
 def run_workload(name: str, rounds: int, seed: int, data_path: Path | None, console: Console) -> dict:
-    import ray
-
-    from raysim.engine.ray_backend import RayBackend
-
     cfg = workload_config(name, seed, data_path)
     dataset = load_federated_dataset(cfg.data, cfg.seed)
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
@@ -114,18 +109,15 @@ def run_workload(name: str, rounds: int, seed: int, data_path: Path | None, cons
     times["floor"] = time_floor(cfg, dataset, factory, plan)
     runner = build_runner(cfg, population, dataset)
     times["inprocess"] = timed_rounds(InProcessBackend(runner, worker_threads(cfg.backend)), runner, plan)
-    ray.init(address="local", num_cpus=cores(), include_dashboard=False, logging_level="WARNING")
-    try:
+    with backend_session(cfg):  # how every run joins or starts Ray
         start = time.perf_counter()
-        backend = RayBackend(functools.partial(build_runner, cfg, population), dataset, cfg.backend)
+        backend = build_backend(cfg, runner)
         backend.worker_info()  # wait until every worker is up
         startup = time.perf_counter() - start
         try:
             times["ray"] = timed_rounds(backend, runner, plan)
         finally:
             backend.close()
-    finally:
-        ray.shutdown()
 
     floor = median(times["floor"][1:])
     ways = {}

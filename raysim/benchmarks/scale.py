@@ -9,7 +9,6 @@ so each peak is that cohort's alone: the parent only launches children and repor
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import resource
 import subprocess
@@ -79,15 +78,13 @@ class PeakRss:
 
 def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: int) -> dict:
     """One driver's measurements (runs in the child process)."""
-    import ray
     import torch
 
     from raysim.data.loading import load_federated_dataset
     from raysim.devices import Population
-    from raysim.engine.ray_backend import RayBackend
     from raysim.engine.sampling import sample_clients
     from raysim.engine.seeds import derive_seed
-    from raysim.experiment import build_runner
+    from raysim.experiment import backend_session, build_backend, build_runner
 
     cfg = scenario_config(model, population, cohort, seed)
     start = time.perf_counter()
@@ -99,16 +96,13 @@ def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: 
     params = sum(p.numel() for p in runner.model_factory(None).parameters())
     available = np.ones(dataset.num_clients, dtype=bool)
     cohorts = [sample_clients(cfg.seed, r, cohort, available) for r in range(rounds + 1)]  # + warm-up
-    ray.init(address="local", num_cpus=cores(), include_dashboard=False, logging_level="WARNING")
-    try:
-        backend = RayBackend(functools.partial(build_runner, cfg, pop), dataset, cfg.backend)
+    with backend_session(cfg):  # how every run joins or starts Ray
+        backend = build_backend(cfg, runner)
         backend.worker_info()
         with PeakRss() as round_mem:
             times = timed_rounds(backend, runner, cohorts)
         busy = backend.pool_info()["busy_fraction"]
         backend.close()
-    finally:
-        ray.shutdown()
     return {
         "cohort": cohort, "population": dataset.num_clients, "train_rows": len(dataset.train),
         "model_params": params, "model_mb": params * 4 / 1e6, "torch_threads_driver": torch.get_num_threads(),
