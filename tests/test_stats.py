@@ -94,3 +94,11 @@ def test_a_failure_records_round_client_kind_and_reason_and_counts_by_kind():
     p.add_failure(4, 18, "train", "x")
     assert p.failures[0] == ClientFailure(4, 17, "explore", "RuntimeError: boom")
     assert p.tally.sums == {"explore_failed": 1, "train_failed": 1}
+
+
+def test_per_client_states_merge_as_a_union_in_any_order():
+    a, b = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    left = Partial(client_states={1: a}) + Partial(client_states={2: b})
+    right = merge_all([Partial(client_states={2: b}), Partial(), Partial(client_states={1: a})])
+    assert left.client_states.keys() == right.client_states.keys() == {1, 2}
+    assert left.client_states[1] is a and right.client_states[2] is b

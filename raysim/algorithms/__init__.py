@@ -14,13 +14,14 @@ import torch
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.fedopt import FedAdagrad, FedAdam, FedYogi
 from raysim.algorithms.fedprox import FedProx
+from raysim.algorithms.scaffold import Scaffold
 from raysim.config import ExperimentConfig
 from raysim.engine.api import FederatedAlgorithm
 from raysim.engine.runner import ModelFactory
 from raysim.registry import Registry
 
 ALGORITHMS = Registry("algorithm", "algorithm.name")
-for _cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad):
+for _cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold):
     ALGORITHMS.register(_cls.name, _cls)
 
 

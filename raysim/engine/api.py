@@ -44,6 +44,9 @@ class ClientTask:
     lr: float = 0.0
     epochs: int = 1
     deadline_s: float | None = None  # simulated seconds; a training client finishing later is dropped
+    # The client's own state from the server's per-client store (SCAFFOLD's control variate);
+    # None for algorithms without one. Left out of equality and hashing.
+    state: dict | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass
@@ -82,6 +85,7 @@ class ClientUpdate:
     examples_processed: int  # training examples run forward+backward (epochs x samples)
     train_loss: float  # mean over the last epoch
     metrics: dict[str, float] = field(default_factory=dict)  # summed across clients
+    client_state: dict | None = None  # the client's new state for the per-client store, if it keeps one
 
 
 class FederatedAlgorithm(ABC):

@@ -135,6 +135,8 @@ class ClientRunner:
             partial.tally.add(**{f"{kind}_dropped": 1})
             return
         partial.add_stats({k: _on_cpu(v) for k, v in update.contribution.items()})
+        if update.client_state is not None:
+            partial.client_states[task.client] = {k: v.detach().cpu() for k, v in update.client_state.items()}
         partial.tally.add(
             **{
                 f"{kind}_done": 1,

@@ -91,6 +91,9 @@ class Partial:
     stats: dict[str, WeightedSum] = field(default_factory=dict)
     tally: Tally = field(default_factory=Tally)
     failures: list[ClientFailure] = field(default_factory=list)
+    # Per-client states returned this round (client id -> tensors), for algorithms that keep
+    # one per client; each client appears in one partial only, so merging is a union.
+    client_states: dict[int, Tensors] = field(default_factory=dict)
 
     def add_stats(self, stats: dict[str, WeightedSum]) -> None:
         """Sum one client's `stats` into this partial in place, taking them over: the first
@@ -111,7 +114,8 @@ class Partial:
         stats = dict(self.stats)
         for k, v in other.stats.items():
             stats[k] = stats[k] + v if k in stats else v
-        return Partial(stats, self.tally + other.tally, self.failures + other.failures)
+        return Partial(stats, self.tally + other.tally, self.failures + other.failures,
+                       self.client_states | other.client_states)
 
 
 def merge_all(partials: list[Partial]) -> Partial:
