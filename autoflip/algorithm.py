@@ -22,9 +22,8 @@ from torch import nn
 from autoflip.growth import PrunedGradientProbe, drop_and_grow, drop_fraction, top_k_signal
 from autoflip.guidance import guidance_from_sum, normalise, update_running
 from autoflip.masks import sparsity_schedule, unstructured_mask
-from autoflip.pruned import PrunedFedAvg
+from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from autoflip.structured import remove_weakest_units, slice_state
-from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.algorithms.server_update import is_trainable_state
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 
 from autoflip.masks import magnitude_mask, random_mask, sparsity_schedule, unstructured_mask
-from autoflip.pruned import PrunedFedAvg
+from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from autoflip.structured import remove_weakest_units, slice_state
-from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.engine.api import ServerState
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors

@@ -23,9 +23,8 @@ from torch import nn
 
 from autoflip.growth import drop_and_grow, drop_fraction
 from autoflip.masks import random_mask
-from autoflip.pruned import PrunedFedAvg
+from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from autoflip.prunefl import readjusts
-from raysim.algorithms.fedavg import state_masks, with_masks
 from raysim.algorithms.server_update import is_trainable_state
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState

@@ -9,11 +9,29 @@ import torch
 from autoflip.guidance import prunable_weight_names
 from autoflip.masks import jaccard, overall_sparsity
 from autoflip.structured import replay
-from raysim.algorithms.fedavg import FedAvg, state_masks
+from raysim.algorithms.fedavg import FedAvg
+from raysim.algorithms.server_update import MOMENTUM_PREFIX
 from raysim.config import ExperimentConfig
-from raysim.engine.api import ServerState
+from raysim.engine.api import Broadcast, ServerState
 from raysim.engine.runner import ModelFactory
 from raysim.engine.stats import Tensors
+
+MASK_PREFIX = "mask/"
+
+
+def state_masks(state: ServerState) -> Tensors:
+    return state.group(MASK_PREFIX)
+
+
+def with_masks(state: ServerState, masks: Tensors) -> ServerState:
+    """The state with `masks` installed and enforced on the weights and the server momentum."""
+    buffers = state.with_group(MASK_PREFIX, masks).buffers
+    weights = dict(state.weights)
+    for name, mask in masks.items():
+        weights[name] = weights[name] * mask
+        if MOMENTUM_PREFIX + name in buffers:
+            buffers[MOMENTUM_PREFIX + name] = buffers[MOMENTUM_PREFIX + name] * mask
+    return ServerState(state.round, weights, buffers, state.meta)
 
 
 def parameter_count(weights: Tensors, names: list[str], masks: Tensors) -> int:
@@ -36,6 +54,11 @@ class PrunedFedAvg(FedAvg):
         self.dense_params = sum(p.numel() for p in dense.parameters())
         self.dense_prunable = sum(p.numel() for n, p in dense.named_parameters() if n in prunable_weight_names(dense))
         self._names: dict[str, tuple[list[str], list[str]]] = {}
+
+    def broadcast(self, state: ServerState) -> Broadcast:
+        """The weights with the mask (clients train under it and upload only kept entries) and,
+        after structured pruning, the architecture record workers rebuild the model from."""
+        return Broadcast(weights=state.weights, masks=state_masks(state), arch=state.meta.get("arch"))
 
     def _arch_names(self, arch: list | None) -> tuple[list[str], list[str]]:
         """(prunable weight names, parameter names) of an architecture, built once."""

@@ -21,8 +21,7 @@ from torch import nn
 
 from autoflip.growth import SquaredGradientProbe
 from autoflip.masks import magnitude_mask, unstructured_mask
-from autoflip.pruned import PrunedFedAvg
-from raysim.algorithms.fedavg import state_masks, with_masks
+from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, ServerState
 from raysim.engine.stats import Partial, Tensors, WeightedSum

@@ -103,8 +103,11 @@ class Round:
 
 
 def plan_round(cfg, round_idx: int, clients: list[int], masks: dict | None = None) -> Round:
-    """A FedAvg round of `cfg`, planned from the initial weights (with `masks` installed)."""
-    from raysim.algorithms.fedavg import with_masks
+    """A FedAvg round of `cfg`, planned from the initial weights; with `masks`, the weights are
+    masked and the broadcast carries the mask, as a pruning layer's would."""
+    from dataclasses import replace
+
+    from autoflip.pruned import with_masks
     from raysim.data.loading import load_federated_dataset
     from raysim.devices import Population
     from raysim.experiment import build_runner
@@ -113,9 +116,13 @@ def plan_round(cfg, round_idx: int, clients: list[int], masks: dict | None = Non
     pop = Population.from_mix(ds.num_clients, cfg.devices.mix, 0)
     runner = build_runner(cfg, pop, ds)
     state = runner.algorithm.init_state(runner.model_factory(None).state_dict())
+    plan = runner.algorithm.configure_round(state, round_idx, clients)
     if masks:
         state = with_masks(state, masks)
-    return Round(cfg, ds, pop, runner.algorithm, runner, state, runner.algorithm.configure_round(state, round_idx, clients))
+        broadcast = replace(plan.broadcast, weights=state.weights, masks=masks)
+        broadcast.payload_bytes = runner.algorithm.download_bytes(broadcast)
+        plan = replace(plan, broadcast=broadcast)
+    return Round(cfg, ds, pop, runner.algorithm, runner, state, plan)
 
 
 def algorithm_parts(cfg):

@@ -6,9 +6,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from autoflip.pruned import state_masks
 from conftest import algorithm_parts, explored, write_leaf
 from raysim.algorithms import ALGORITHMS
-from raysim.algorithms.fedavg import state_masks
 from raysim.costs.payload import encode_masked
 from raysim.engine.api import ClientData
 from raysim.engine.loop import Evaluator

@@ -1,10 +1,9 @@
 """FedAvg (McMahan et al. 2017): sample-weighted mean of client deltas.
 
-Masks are handled here, once, for every method that uses them: the download
-carries the kept weights plus the mask, clients train under the mask and
-upload only kept entries, the server averages over kept entries and
-re-enforces the mask. Pruning methods only decide which mask (and which
-architecture) the next round uses.
+FedAvg never creates a mask, but it honours one a broadcast carries (a pruning layer
+such as autoflip's PrunedFedAvg puts it there): the download is billed with the mask
+and any architecture record, clients train under the mask and upload only kept
+entries, and the server averages what went over the wire.
 """
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import json
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from raysim.algorithms.server_update import MOMENTUM_PREFIX, apply_server_update, is_trainable_state
+from raysim.algorithms.server_update import apply_server_update, is_trainable_state
 from raysim.config import ExperimentConfig
 from raysim.costs.payload import decode, encode_masked
 from raysim.engine.api import (
@@ -29,28 +28,11 @@ from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors, WeightedSum
 from raysim.engine.training import local_train
 
-MASK_PREFIX = "mask/"
-
 
 class AlgorithmParams(BaseModel):
     """Base of an algorithm's `Params`: unknown fields are refused, values are frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def state_masks(state: ServerState) -> Tensors:
-    return state.group(MASK_PREFIX)
-
-
-def with_masks(state: ServerState, masks: Tensors) -> ServerState:
-    """The state with `masks` installed and enforced on the weights and the server momentum."""
-    buffers = state.with_group(MASK_PREFIX, masks).buffers
-    weights = dict(state.weights)
-    for name, mask in masks.items():
-        weights[name] = weights[name] * mask
-        if MOMENTUM_PREFIX + name in buffers:
-            buffers[MOMENTUM_PREFIX + name] = buffers[MOMENTUM_PREFIX + name] * mask
-    return ServerState(state.round, weights, buffers, state.meta)
 
 
 class FedAvg(FederatedAlgorithm):
@@ -67,7 +49,7 @@ class FedAvg(FederatedAlgorithm):
         return ServerState(round=0, weights={k: v.clone() for k, v in weights.items()})
 
     def broadcast(self, state: ServerState) -> Broadcast:
-        return Broadcast(weights=state.weights, masks=state_masks(state), arch=state.meta.get("arch"))
+        return Broadcast(weights=state.weights)
 
     def encode(self, tensors: Tensors, masks: Tensors, include_mask: bool) -> bytes:
         p = self.cfg.payload
