@@ -213,34 +213,6 @@ def jaccard(prev_masks: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Te
     return intersection / union if union else 1.0
 
 
-def regrow(
-    prev_masks: Mapping[str, torch.Tensor],
-    new_masks: Mapping[str, torch.Tensor],
-    policy: Literal["allow", "freeze"],
-) -> Masks:
-    """Apply the regrowth policy to a freshly binarised mask.
-
-    "allow": the new mask as is (pruned entries may come back).
-    "freeze": new & prev, so pruned entries stay pruned (monotone pruning). The
-    intersection can be sparser than scheduled; scoring prev-pruned entries -inf
-    before `unstructured_mask` keeps the count exact and makes this a no-op guard.
-    Names absent from prev_masks are not constrained.
-    """
-    if policy == "allow":
-        return dict(new_masks)
-    if policy != "freeze":
-        raise ValueError(f"unknown regrowth policy '{policy}'; use 'allow' or 'freeze'")
-    out = {}
-    for name, new in new_masks.items():
-        prev = prev_masks.get(name)
-        if prev is not None and prev.shape != new.shape:
-            raise ValueError(
-                f"'{name}': previous mask shape {tuple(prev.shape)} != new mask shape {tuple(new.shape)}"
-            )
-        out[name] = new & prev if prev is not None else new.clone()
-    return out
-
-
 def _check_sparsity(value: float, label: str = "sparsity") -> None:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"{label} must be in [0, 1), got {value}")
