@@ -1,4 +1,5 @@
-"""`raysim run [CONFIG] [--set key=value ...] [--out DIR] [--resume DIR]`."""
+"""`raysim run [CONFIG] [--set key=value ...] [--out DIR] [--resume DIR]`, `raysim plugins`,
+`raysim bench NAME`."""
 from __future__ import annotations
 
 import argparse
@@ -21,10 +22,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", metavar="ADDR",
                      help="Ray cluster to run on (same as --set backend.address=ADDR; default: $RAY_ADDRESS, "
                           "else a local Ray instance for the run)")
+    sub.add_parser("plugins", help="list the registered models, datasets, partitioners, device profiles and "
+                                   "algorithms (any of them may also be an import path package.module:attribute)")
     from raysim.benchmarks import add_bench_parsers
 
     add_bench_parsers(sub)
     return p
+
+
+def _plugins() -> int:
+    """Every registry's names, read from the registries themselves (plug-ins included)."""
+    import raysim
+
+    kinds = (("model.name", raysim.MODELS), ("data.dataset", raysim.DATASETS),
+             ("data.partition.scheme", raysim.PARTITIONERS), ("devices.mix keys", raysim.PROFILES),
+             ("algorithm.name", raysim.ALGORITHMS))
+    for field, registry in kinds:
+        print(f"{field}: {', '.join(registry.names())}")
+    print("Any of them may also be an import path package.module:attribute to your own code (docs/extending.md).")
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
             from raysim.benchmarks import bench_main
 
             return bench_main(args)
+        if args.command == "plugins":
+            return _plugins()
         return _run(args)
     except (ConfigError, DataError) as exc:
         print(f"raysim: error: {exc}", file=sys.stderr)

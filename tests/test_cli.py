@@ -69,3 +69,14 @@ def test_an_address_where_no_ray_cluster_answers_fails_at_once_naming_it(tmp_pat
     assert f"backend.address=127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
     (run,) = list(tmp_path.iterdir())
     assert not (run / "rounds.parquet").exists()  # nothing ran; the run folder keeps the resolved config
+
+
+def test_plugins_lists_every_registry_from_the_registries(capsys):
+    from raysim.algorithms import ALGORITHMS
+    from raysim.devices import PROFILES
+
+    assert main(["plugins"]) == 0
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    assert lines["algorithm.name"].split(", ") == ALGORITHMS.names()  # autoflip's entry point included
+    assert lines["devices.mix keys"].split(", ") == PROFILES.names()
+    assert "twocnn" in lines["model.name"] and "dirichlet" in lines["data.partition.scheme"]
