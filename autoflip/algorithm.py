@@ -46,10 +46,9 @@ GROW_SIGNAL_BYTES = "grow_signal_bytes"
 
 def with_squared_deviations(update: ClientUpdate) -> ClientUpdate:
     """The update plus its squared deviations, what adaptation sums: the square of the
-    decoded change the worker already holds (delta.total / n gives it back exactly)."""
+    decoded change the worker already holds (its weighted sum's mean gives it back exactly)."""
     delta = update.contribution["delta"]
-    received = {k: (v / delta.weight).to(torch.float32) for k, v in delta.total.items()}
-    sq_dev = WeightedSum.of({k: v * v for k, v in received.items()}, delta.weight)
+    sq_dev = WeightedSum.of({k: v * v for k, v in delta.mean().items()}, delta.weight)
     return replace(update, contribution=dict(update.contribution, sq_dev=sq_dev))
 
 

@@ -17,6 +17,8 @@ Sparse Training"), at a density matched to the method it is compared with.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,12 +27,10 @@ from autoflip.growth import drop_and_grow, drop_fraction
 from autoflip.masks import random_mask
 from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from autoflip.prunefl import readjusts
-from raysim.algorithms.server_update import is_trainable_state
-from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors, WeightedSum
-from raysim.engine.training import apply_masks, local_train
+from raysim.engine.training import apply_masks
 
 VOTE = "mask_vote"
 
@@ -52,18 +52,12 @@ class FedDST(PrunedFedAvg):
         fraction = self._fraction(task.round + 1)
         if not (readjusts(task.round + 1, self.pruning.adjust_every) and fraction > 0):
             return super().client_update(model, data, task, broadcast)
-        c = self.cfg.clients
         masks, probe_examples = self._readjust(model, data, task, broadcast.masks, fraction)
         apply_masks(model, masks)  # dropped entries leave the client's model
-        result = local_train(model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer,
-                             lr=task.lr, seed=task.seed, masks=masks)
-        trained = model.state_dict()
-        delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        payload = self.encode(delta, masks, include_mask=True)  # the server does not know this mask
-        votes = {n: m.float() for n, m in masks.items()}
-        contribution = {"delta": WeightedSum.of(decode(payload), len(data)), VOTE: WeightedSum.of(votes, len(data))}
-        return ClientUpdate(contribution, len(payload), len(data), result.examples_processed + probe_examples,
-                            result.epoch_losses[-1])
+        update = self._train_and_upload(model, data, task, broadcast, own_masks=masks)
+        votes = WeightedSum.of({n: m.float() for n, m in masks.items()}, len(data))
+        return replace(update, contribution=dict(update.contribution, **{VOTE: votes}),
+                       examples_processed=update.examples_processed + probe_examples)
 
     def _readjust(self, model: nn.Module, data: ClientData, task: ClientTask, masks: Tensors,
                   fraction: float) -> tuple[Tensors, int]:
@@ -85,8 +79,7 @@ class FedDST(PrunedFedAvg):
             total = dict(delta.total)
             for name, vote in votes.total.items():
                 total[name] = torch.where(vote > 0, delta.total[name] * delta.weight / vote.clamp_min(1e-300), 0.0)
-            partial = Partial(dict(partial.stats, delta=WeightedSum(total, delta.weight)), partial.tally,
-                              partial.failures)
+            partial = replace(partial, stats=dict(partial.stats, delta=WeightedSum(total, delta.weight)))
         return super().aggregate(state, plan, partial)
 
     def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:

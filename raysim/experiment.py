@@ -22,7 +22,7 @@ from raysim.engine.runner import ClientRunner, ModelFactory
 from raysim.engine.sampling import cohort_size
 from raysim.engine.seeds import derive_seed
 from raysim.models import build_model
-from raysim.registry import import_object, is_import_path, local_packages, preload
+from raysim.registry import import_object, is_import_path, local_packages, preload, top_package
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from raysim.results.failure_log import FailureLog
 from raysim.results.progress import ProgressBar
@@ -75,9 +75,9 @@ def shipped_plugins(cfg: ExperimentConfig) -> dict[str, object]:
     paths = plugin_import_paths(cfg)
     local = set(local_packages(paths))
     for name, module in list(sys.modules.items()):
-        if name.split(".")[0] in local and module is not None:
+        if top_package(name) in local and module is not None:
             ray.cloudpickle.register_pickle_by_value(module)
-    return {p: import_object(p) for p in paths if p.partition(":")[0].split(".")[0] in local}
+    return {p: import_object(p) for p in paths if top_package(p) in local}
 
 
 def build_worker_runner(cfg: ExperimentConfig, population: Population, plugins: dict[str, object],

@@ -49,13 +49,18 @@ def import_object(path: str) -> Any:
     return obj
 
 
+def top_package(import_path: str) -> str:
+    """The top-level package (or module) an import path imports from."""
+    return import_path.partition(":")[0].split(".")[0]
+
+
 def local_packages(import_paths: list[str]) -> list[str]:
     """The top-level packages (or single-file modules) `import_paths` import from that are
     not installed distributions: code a Ray worker's environment cannot be assumed to have."""
     installed = packages_distributions()
     tops = []
     for path in import_paths:
-        top = path.partition(":")[0].split(".")[0]
+        top = top_package(path)
         if top not in installed and top not in tops:
             tops.append(top)
     return tops

@@ -76,18 +76,21 @@ class FedAvg(FederatedAlgorithm):
         return self._train_and_upload(model, data, task, broadcast)
 
     def _train_and_upload(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast,
-                          extra_loss=None) -> ClientUpdate:
-        """Local training (with the subclass's loss term, if any) and the masked upload of the change."""
+                          extra_loss=None, own_masks: Tensors | None = None) -> ClientUpdate:
+        """Local training (with the subclass's loss term, if any) and the masked upload of the
+        change. With `own_masks` (a mask the client chose itself) the client trains under it and
+        sends it along, since the server does not know it; else it uses the broadcast's."""
         c = self.cfg.clients
+        masks = broadcast.masks if own_masks is None else own_masks
         result = local_train(
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
-            seed=task.seed, masks=broadcast.masks, extra_loss=extra_loss,
+            seed=task.seed, masks=masks, extra_loss=extra_loss,
         )
         trained = model.state_dict()
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        # The server knows the mask it sent: only kept values go up.
-        payload = self.encode(delta, broadcast.masks, include_mask=False)
-        received = decode(payload, broadcast.masks)  # aggregate what went over the wire
+        # Only kept values go up, with the mask only where the server does not hold it.
+        payload = self.encode(delta, masks, include_mask=own_masks is not None)
+        received = decode(payload, None if own_masks is not None else masks)  # aggregate what went over the wire
         contribution = {"delta": WeightedSum.of(received, len(data))}
         return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
 

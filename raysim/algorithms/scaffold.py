@@ -25,7 +25,6 @@ from raysim.algorithms.server_update import is_trainable_state
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
 from raysim.engine.stats import Partial, Tensors, WeightedSum
-from raysim.engine.training import local_train
 
 SERVER_CONTROL = "scaffold_c/"
 CONTROL_CHANGE = "control_delta"
@@ -72,21 +71,16 @@ class Scaffold(FedAvg):
         def drift(model: nn.Module) -> torch.Tensor:  # gradient: c - c_i, SCAFFOLD's correction
             return sum((p * correction[n]).sum() for n, p in model.named_parameters() if n in correction)
 
-        cl = self.cfg.clients
-        result = local_train(model, data, epochs=task.epochs, batch_size=cl.batch_size, optimizer=cl.optimizer,
-                             lr=task.lr, seed=task.seed, masks=broadcast.masks, extra_loss=drift)
-        steps = task.epochs * math.ceil(len(data) / cl.batch_size)  # K: the optimizer steps taken
-        trained = model.state_dict()
-        delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        new_c_i = {k: c_i[k] - c[k] - delta[k].cpu() / (steps * task.lr) for k in c}
+        update = self._train_and_upload(model, data, task, broadcast, extra_loss=drift)
+        delta = update.contribution["delta"].mean()  # the decoded change, back from its weighted sum
+        steps = task.epochs * math.ceil(len(data) / self.cfg.clients.batch_size)  # K: the optimizer steps taken
+        new_c_i = {k: c_i[k] - c[k] - delta[k] / (steps * task.lr) for k in c}
         control_change = {k: new_c_i[k] - c_i[k] for k in c}
-        sent = self.encode(delta, broadcast.masks, include_mask=False)
         sent_control = self.encode(control_change, {}, include_mask=False)
-        contribution = {"delta": WeightedSum.of(decode(sent, broadcast.masks), len(data)),
-                        # The control update is an unweighted mean over the round's clients.
-                        CONTROL_CHANGE: WeightedSum.of(decode(sent_control), 1.0)}
-        return ClientUpdate(contribution, len(sent) + len(sent_control), len(data), result.examples_processed,
-                            result.epoch_losses[-1], client_state=new_c_i)
+        # The control update is an unweighted mean over the round's clients.
+        control = WeightedSum.of(decode(sent_control), 1.0)
+        return replace(update, contribution=dict(update.contribution, **{CONTROL_CHANGE: control}),
+                       upload_bytes=update.upload_bytes + len(sent_control), client_state=new_c_i)
 
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         state, metrics = super().aggregate(state, plan, partial)
