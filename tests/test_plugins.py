@@ -230,3 +230,17 @@ def test_a_callback_sees_every_round_and_can_stop_the_run(tmp_path):
     rows = pq.read_table(result.run_dir / "rounds.parquet").to_pylist()
     assert [r["round"] for r in rows] == [1, 2] and rows[-1]["accuracy"] == stopper.seen[-1][2]
     assert load_checkpoint(latest_checkpoint(result.run_dir)).round == 2  # the stop is checkpointed
+
+
+@pytest.mark.parametrize("field,body,message", [
+    ("model.name=mylab.bad:thing", "def thing(shape, classes, cfg):\n    return 'x'\n", "returned str, not a torch.nn.Module"),
+    ("data.dataset=mylab.bad:thing", "def thing(cfg, rng):\n    return 1\n", "returned int, not raysim.data.loading"),
+    ("algorithm.name=mylab.bad:thing", "def thing(cfg, f, e):\n    return 1\n", "built int, not a raysim.engine.api"),
+])
+def test_the_cli_names_a_plugin_that_breaks_its_contract_and_exits_2(tmp_path, mylab, capsys, field, body, message):
+    from raysim.cli import main
+
+    (mylab / "bad.py").write_text(body)
+    rc = main(["run", "--set", field, "--set", "backend.name=inprocess", "--out", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("raysim: error: ") and message in err and "Traceback" not in err

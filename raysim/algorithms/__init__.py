@@ -15,7 +15,7 @@ from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.fedopt import FedAdagrad, FedAdam, FedYogi
 from raysim.algorithms.fedprox import FedProx
 from raysim.algorithms.scaffold import Scaffold
-from raysim.config import ExperimentConfig
+from raysim.config import ConfigError, ExperimentConfig
 from raysim.engine.api import FederatedAlgorithm
 from raysim.engine.runner import ModelFactory
 from raysim.registry import Registry
@@ -28,6 +28,6 @@ for _cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold):
 def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor) -> FederatedAlgorithm:
     algorithm = ALGORITHMS.get(cfg.algorithm.name)(cfg, model_factory, example_input)
     if not isinstance(algorithm, FederatedAlgorithm):
-        raise TypeError(f"algorithm.name={cfg.algorithm.name!r} built {type(algorithm).__name__}, not a "
+        raise ConfigError(f"algorithm.name={cfg.algorithm.name!r} built {type(algorithm).__name__}, not a "
                         "raysim.engine.api.FederatedAlgorithm")
     return algorithm

@@ -22,6 +22,7 @@ from torch import nn
 
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.server_update import is_trainable_state
+from raysim.config import ConfigError
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
 from raysim.engine.stats import Partial, Tensors, WeightedSum
@@ -48,7 +49,7 @@ class Scaffold(FedAvg):
 
     def init_state(self, weights: Tensors) -> ServerState:
         if self.cfg.clients.optimizer.name != "sgd" or self.cfg.clients.optimizer.momentum:
-            raise ValueError("scaffold's control-variate update assumes plain SGD clients: set "
+            raise ConfigError("scaffold's control-variate update assumes plain SGD clients: set "
                              "clients.optimizer.name=sgd and momentum=0")
         state = super().init_state(weights)
         return state.with_group(SERVER_CONTROL, {k: torch.zeros_like(v) for k, v in weights.items()

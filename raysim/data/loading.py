@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from raysim.config import DataConfig
+from raysim.config import ConfigError, DataConfig
 from raysim.data import partition
 from raysim.data.cifar import load_cifar, num_cifar_classes
 from raysim.data.federated import ArrayDataset, FederatedDataset
@@ -121,7 +121,7 @@ def _check_users(cfg: DataConfig, users: np.ndarray | None) -> None:
 def _load_central(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
     central = DATASETS.get(cfg.dataset)(cfg, rng)
     if not isinstance(central, CentralData):
-        raise ValueError(f"data.dataset={cfg.dataset!r} returned {type(central).__name__}, not "
+        raise ConfigError(f"data.dataset={cfg.dataset!r} returned {type(central).__name__}, not "
                          "raysim.data.loading.CentralData(train, test, num_classes, train_users)")
     return central
 

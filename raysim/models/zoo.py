@@ -18,7 +18,7 @@ import math
 import torch
 from torch import nn
 
-from raysim.config import ModelConfig
+from raysim.config import ConfigError, ModelConfig
 from raysim.registry import Registry
 
 ImageShape = tuple[int, int, int]
@@ -231,7 +231,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         raise ValueError(f"model '{cfg.name}': num_classes must be >= 2, got {num_classes}")
     model = builder(input_shape, num_classes, cfg)
     if not isinstance(model, nn.Module):
-        raise ValueError(f"model.name={cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module; a model "
+        raise ConfigError(f"model.name={cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module; a model "
                          "plug-in is called with (input_shape, num_classes, cfg) and returns the module")
     return model
 
