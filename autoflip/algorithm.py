@@ -196,7 +196,7 @@ class AutoFLIP(PrunedFedAvg):
         return state, self.metrics(state, previous) | {
             "grown_fraction": sum(int(g.sum()) for g in grown.values()) / kept,
             "drop_fraction": fraction,
-            GROW_SIGNAL_BYTES: partial.tally.get(GROW_SIGNAL_BYTES)}
+            GROW_SIGNAL_BYTES: partial.metrics.get(GROW_SIGNAL_BYTES, 0.0)}  # absent: no client uploaded one
 
     def _adjusts(self, rounds_done: int) -> bool:
         """Whether the mask chosen after `rounds_done` rounds drops and grows (the ramp is over

@@ -39,7 +39,7 @@ class CappedFedAvg(FedAvg):
 
     def aggregate(self, state, plan, partial):
         state, metrics = super().aggregate(state, plan, partial)
-        return state, metrics | {"capped_clients": partial.tally.get("capped_clients")}
+        return state, metrics | {"capped_clients": partial.metrics.get("capped_clients", 0.0)}
 
 
 CONFIG = {

@@ -47,16 +47,16 @@ def test_pruned_clients_run_fewer_flops_and_bytes_match_the_encoding(small_confi
     cfg = small_config(model=MLP, algorithm=autoflip(sparsity=0.5, structured_fraction=0.5, ramp_rounds=0))
     ds, factory, algo, runner, state = explored(cfg)
     plan = algo.configure_round(state, 0, [0, 1])
-    pruned = runner.run(plan.tasks, plan.broadcast).tally
+    pruned = runner.run(plan.tasks, plan.broadcast).train
 
     fed_cfg = small_config(model=MLP)
     _, f_factory, fedavg, f_runner = algorithm_parts(fed_cfg)
     f_plan = fedavg.configure_round(fedavg.init_state(f_factory(None).state_dict()), 0, [0, 1])
-    dense = f_runner.run(f_plan.tasks, f_plan.broadcast).tally
-    assert pruned.get("train_examples") == dense.get("train_examples")
-    assert pruned.get("train_flops_executed") < 0.8 * dense.get("train_flops_executed")
-    assert pruned.get("train_flops_effective") < pruned.get("train_flops_executed")
-    assert pruned.get("train_bytes_down") < dense.get("train_bytes_down")
+    dense = f_runner.run(f_plan.tasks, f_plan.broadcast).train
+    assert pruned.examples == dense.examples
+    assert pruned.flops_executed < 0.8 * dense.flops_executed
+    assert pruned.flops_effective < pruned.flops_executed
+    assert pruned.bytes_down < dense.bytes_down
     b = plan.broadcast
     expected = len(encode_masked(b.weights, b.masks, include_mask=True)) + len(json.dumps(b.arch).encode())
     assert b.payload_bytes == expected
@@ -205,7 +205,7 @@ def test_secure_aggregation_uploads_and_bills_the_squared_deviations(small_confi
         ds, factory, algo, runner, state = explored(cfg)
         plan = algo.configure_round(state, 0, [0, 1, 10])
         partial = runner.run(plan.tasks, plan.broadcast)
-        tallies[secure], stats[secure] = partial.tally, partial.stats["sq_dev"]
-    assert tallies[True].get("train_bytes_up") == (2 if billed else 1) * tallies[False].get("train_bytes_up")
-    assert tallies[True].get("train_bytes_down") == tallies[False].get("train_bytes_down")
+        tallies[secure], stats[secure] = partial.train, partial.stats["sq_dev"]
+    assert tallies[True].bytes_up == (2 if billed else 1) * tallies[False].bytes_up
+    assert tallies[True].bytes_down == tallies[False].bytes_down
     assert all(torch.equal(stats[True].total[k], stats[False].total[k]) for k in stats[False].total)

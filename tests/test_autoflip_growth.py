@@ -105,8 +105,8 @@ def test_the_growth_signal_is_billed_as_its_encoded_length(small_config):
     grow = with_signal.stats["grow"].mean()
     sent = {k: v != 0 for k, v in grow.items()}
     extra = len(encode_masked(grow, sent, include_mask=True))
-    assert with_signal.tally.get("train_bytes_up") == without.tally.get("train_bytes_up") + extra
-    assert with_signal.tally.get("grow_signal_bytes") == extra  # what the round log reports as the signal's share
+    assert with_signal.train.bytes_up == without.train.bytes_up + extra
+    assert with_signal.metrics["grow_signal_bytes"] == extra  # what the round log reports as the signal's share
     kept = sum(int(m.sum()) for m in plan.broadcast.masks.values())
     assert sum(int(s.sum()) for s in sent.values()) <= math.ceil(0.02 * kept) + len(sent)
 

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from raysim.config import MetricsConfig
+from raysim.engine.record import Evaluation, RoundRecord
 from raysim.telemetry.prometheus import PrometheusExporter
 from raysim.telemetry.ray_metrics import EXPORTED_NAMES
 
@@ -115,13 +116,14 @@ def unknown_metrics(boards: dict[str, dict], known: set[str]) -> dict[str, set[s
 
 # --- The metrics that really exist ---------------------------------------------------
 
-def _record(round_no: int, phase: str, **extra) -> dict:
-    """A round record as the engine writes it (raysim/engine/loop.py round_record, plus
-    wall time, the pool, the algorithm's and the evaluator's fields)."""
-    return {"round": round_no, "phase": phase, "clients_sampled": 10, "clients_done": 8, "clients_dropped": 1,
-            "clients_failed": 1, "train_loss": 0.7, "flops_executed": 3.2e10, "flops_effective": 1.4e10,
-            "bytes_down": 6_500_000, "bytes_up": 2_100_000, "sim_time_s": 41.5, "wall_time_s": 1.8,
-            "accuracy": 0.71, "loss": 0.83, "sparsity": 0.55, "mask_churn": 0.04} | extra
+def _record(round_no: int, phase: str, pool=None, **counts) -> RoundRecord:
+    """A round record as the engine builds it, with wall time, the pool, the algorithm's
+    metrics and an evaluation."""
+    fields = {"clients_sampled": 10, "clients_done": 8, "clients_dropped": 1, "clients_failed": 1,
+              "train_loss": 0.7, "flops_executed": 3.2e10, "flops_effective": 1.4e10, "bytes_down": 6_500_000,
+              "bytes_up": 2_100_000, "client_train_wall_s": 1.2, "sim_time_s": 41.5} | counts
+    return RoundRecord(round_no, phase, **fields, wall_time_s=1.8, pool=pool or {},
+                       metrics={"sparsity": 0.55, "mask_churn": 0.04}, evaluation=Evaluation(0.71, 0.83))
 
 
 @pytest.fixture(scope="module")
@@ -134,9 +136,9 @@ def exporter_families() -> dict[str, set[str]]:
                                   population=500, registry=registry)
     try:
         explore = _record(0, "explore", clients_dropped=0, clients_failed=0, clients_done=10)
-        train = _record(1, "train", workers=2.0, busy_fraction=0.85)
+        train = _record(1, "train", pool={"workers": 2.0, "busy_fraction": 0.85})
         # Every gauge the exporter sets only when a record carries its field.
-        assert set(exporter.optional) <= set(train), set(exporter.optional) - set(train)
+        assert set(exporter.optional) <= set(train.row()), set(exporter.optional) - set(train.row())
         exporter.on_round_end(explore, None, None)
         exporter.on_round_end(train, None, None)
     finally:

@@ -100,14 +100,14 @@ def test_fedavg_dense_costs_match_analytic_counts(small_config):
     assert plan.broadcast.payload_bytes == len(algo.encode(plan.broadcast.weights, {}, include_mask=True))
     runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
     partial = runner.run(plan.tasks, plan.broadcast)
-    t = partial.tally
+    t = partial.train
     examples = sum(len(ds.client_train_rows(k)) for k in (0, 1, 2)) * cfg.clients.local_epochs
-    assert t.get("train_examples") == examples
+    assert t.examples == examples
     # logreg: forward 2dc, weight gradient 2dc; the input needs no gradient.
-    assert t.get("train_flops_executed") == pytest.approx(4 * d * c * examples)
-    assert t.get("train_flops_effective") == t.get("train_flops_executed")
-    assert t.get("train_bytes_down") == 3 * plan.broadcast.payload_bytes
-    assert t.get("train_bytes_up") == 3 * plan.broadcast.payload_bytes  # the delta has the model's shape
+    assert t.flops_executed == pytest.approx(4 * d * c * examples)
+    assert t.flops_effective == t.flops_executed
+    assert t.bytes_down == 3 * plan.broadcast.payload_bytes
+    assert t.bytes_up == 3 * plan.broadcast.payload_bytes  # the delta has the model's shape
 
 
 def test_failing_and_non_finite_clients_are_excluded_and_counted(small_config, monkeypatch):
@@ -133,7 +133,7 @@ def test_failing_and_non_finite_clients_are_excluded_and_counted(small_config, m
 
     monkeypatch.setattr(FedAvg, "client_update", flaky)
     mixed = runner.run(plan.tasks, plan.broadcast)
-    assert mixed.tally.get("train_done") == 2 and mixed.tally.get("train_failed") == 2
+    assert mixed.train.done == 2 and mixed.train.failed == 2
     assert sorted(f.client for f in mixed.failures) == [1, 2]
     assert "device crashed" in mixed.failures[0].reason and "non-finite" in mixed.failures[1].reason
     assert mixed.stats["delta"].weight == clean.stats["delta"].weight
@@ -158,8 +158,8 @@ def _mixed_devices_round(small_config):
 
 def test_sim_time_is_the_slowest_client_without_deadline(small_config):
     _, _, _, runner, plan = _mixed_devices_round(small_config)
-    times = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
-    assert runner.run(plan.tasks, plan.broadcast).tally.maxes["train_sim_time_s"] == max(times)
+    times = [runner.run([t], plan.broadcast).train.sim_time_s for t in plan.tasks]
+    assert runner.run(plan.tasks, plan.broadcast).train.sim_time_s == max(times)
     assert len(set(times)) > 1
 
 
@@ -181,7 +181,7 @@ def test_overcommit_closes_the_round_at_the_cohort_th_fastest_predicted_client(s
 
 def test_clock_predictor_matches_the_runners_simulated_time_for_dense_fedavg(small_config):
     ds, pop, factory, runner, plan = _mixed_devices_round(small_config)
-    actual = [runner.run([t], plan.broadcast).tally.maxes["train_sim_time_s"] for t in plan.tasks]
+    actual = [runner.run([t], plan.broadcast).train.sim_time_s for t in plan.tasks]
     predicted = ClockPredictor(ds, pop, factory).predict_s(plan.tasks, plan.broadcast)
     assert predicted == pytest.approx(actual, rel=1e-3)
     deadline = ClockPredictor(ds, pop, factory).round_deadline(plan.tasks, plan.broadcast, 2, None)

@@ -144,19 +144,19 @@ def test_masked_round_costs_and_clock_with_several_epochs(masked_round):
     down = rnd.plan.broadcast.payload_bytes
     seen_profiles = set()
     for task in rnd.plan.tasks:
-        t = rnd.runner.run([task], rnd.plan.broadcast).tally
+        t = rnd.runner.run([task], rnd.plan.broadcast).train
         samples = len(rnd.dataset.client_train_rows(task.client))
-        assert t.get("train_examples") == samples * epochs
-        assert t.get("train_flops_executed") == pytest.approx(LOGREG_FLOPS_PER_EXAMPLE * samples * epochs, rel=1e-12)
-        assert t.get("train_flops_effective") == pytest.approx(
+        assert t.examples == samples * epochs
+        assert t.flops_executed == pytest.approx(LOGREG_FLOPS_PER_EXAMPLE * samples * epochs, rel=1e-12)
+        assert t.flops_effective == pytest.approx(
             LOGREG_FLOPS_PER_EXAMPLE * density * samples * epochs, rel=1e-12)
-        up = t.get("train_bytes_up")
-        assert t.get("train_bytes_down") == down and up < down - 100  # the mask rides only the download
+        up = t.bytes_up
+        assert t.bytes_down == down and up < down - 100  # the mask rides only the download
         p = rnd.population.profile(task.client)
         seen_profiles.add(p.name)
         want = (LOGREG_FLOPS_PER_EXAMPLE * samples * epochs / p.flops_per_s + 8 * down / p.down_bps
                 + 8 * up / p.up_bps + p.latency_s)
-        assert t.maxes["train_sim_time_s"] == pytest.approx(want, rel=1e-12)
+        assert t.sim_time_s == pytest.approx(want, rel=1e-12)
         swapped = want - 8 * up / p.up_bps + 8 * up / p.down_bps  # download timed from the upload's bytes
         assert abs(swapped - want) > 1e-6 * want
     assert len(seen_profiles) > 1
@@ -181,7 +181,7 @@ def test_clock_predictor_scales_compute_with_local_epochs(small_config):
         flops = LOGREG_FLOPS_PER_EXAMPLE * len(rnd.dataset.client_train_rows(task.client)) * 3
         want.append(flops / p.flops_per_s + 8 * payload / p.down_bps + 8 * payload / p.up_bps + p.latency_s)
     assert predictor.predict_s(rnd.plan.tasks, rnd.plan.broadcast).tolist() == pytest.approx(want, rel=1e-9)
-    actual = [rnd.runner.run([t], rnd.plan.broadcast).tally.maxes["train_sim_time_s"] for t in rnd.plan.tasks]
+    actual = [rnd.runner.run([t], rnd.plan.broadcast).train.sim_time_s for t in rnd.plan.tasks]
     assert actual == pytest.approx(want, rel=1e-9)  # dense: the upload is as large as the download
 
 
@@ -299,7 +299,8 @@ def test_client_evaluation_sums_each_clients_held_out_rows(masked_round):
     b = rnd.plan.broadcast
     clients = [0, 1, 10]
     tasks = [type(rnd.plan.tasks[0])(1, k, 0, "evaluate") for k in clients]
-    t = rnd.runner.run(tasks, b).tally
+    p = rnd.runner.run(tasks, b)
+    t = p.evaluate
     w, bias = b.weights["classifier.weight"], b.weights["classifier.bias"]
     assert not bool(w[~b.masks["classifier.weight"]].any())  # evaluated as pruned
     loss_sum = correct = n = 0
@@ -311,10 +312,10 @@ def test_client_evaluation_sums_each_clients_held_out_rows(masked_round):
         loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
         n += len(y)
-    assert t.get("eval_examples") == n and t.get("eval_clients") == len(clients)
-    assert t.get("eval_correct") == correct
-    assert t.get("eval_loss_sum") == pytest.approx(loss_sum, rel=1e-6)
-    assert t.get("train_done") == 0 and t.get("train_flops_executed") == 0  # evaluation bills no training
+    assert t.examples == n and t.clients == len(clients)
+    assert t.correct == correct
+    assert t.loss_sum == pytest.approx(loss_sum, rel=1e-6)
+    assert p.train.done == 0 and p.train.flops_executed == 0  # evaluation bills no training
 
 
 def test_evaluation_runs_every_k_rounds_and_after_the_last(small_config):

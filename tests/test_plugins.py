@@ -220,8 +220,9 @@ def test_a_callback_sees_every_round_and_can_stop_the_run(tmp_path):
             self.seen = []
 
         def on_round_end(self, record, state, partial):
-            self.seen.append((record["round"], state.round, record["accuracy"]))
-            return record["round"] == 2
+            assert isinstance(record, raysim.RoundRecord) and record.clients_done > 0
+            self.seen.append((record.round, state.round, record.accuracy))
+            return record.round == 2
 
     stopper = StopAtTwo()
     result = raysim.run(_api_config(tmp_path), callbacks=[stopper])

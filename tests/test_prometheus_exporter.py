@@ -7,12 +7,14 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import fields
 from typing import ClassVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from raysim.config import ConfigError, MetricsConfig
+from raysim.engine.record import Evaluation, RoundRecord
 from raysim.experiment import execute, new_run
 from raysim.telemetry.prometheus import PrometheusExporter
 
@@ -34,11 +36,17 @@ def names(samples) -> set[str]:
     return {name for name, _ in samples}
 
 
-def record(round_no, phase="train", **extra):
-    base = {"round": round_no, "phase": phase, "clients_sampled": 5, "clients_done": 4, "clients_dropped": 1,
-            "clients_failed": 0, "train_loss": 0.5, "flops_executed": 2.0e9, "flops_effective": 1.0e9,
-            "bytes_down": 1000, "bytes_up": 400, "sim_time_s": 12.0, "wall_time_s": 0.5}
-    return base | extra
+def record(round_no, phase="train", accuracy=None, loss=None, workers=None, busy_fraction=None, **extra):
+    """A RoundRecord as the loop builds it; `extra` sets counters, or else the algorithm's metrics."""
+    counters = {"clients_sampled": 5, "clients_done": 4, "clients_dropped": 1, "clients_failed": 0, "train_loss": 0.5,
+                "flops_executed": 2.0e9, "flops_effective": 1.0e9, "bytes_down": 1000, "bytes_up": 400,
+                "client_train_wall_s": 0.3, "sim_time_s": 12.0, "wall_time_s": 0.5}
+    names = {f.name for f in fields(RoundRecord)}
+    counters |= {k: v for k, v in extra.items() if k in names}
+    pool = {"workers": workers, "busy_fraction": busy_fraction} if workers is not None else {}
+    return RoundRecord(round_no, phase, **counters, pool=pool,
+                       metrics={k: v for k, v in extra.items() if k not in names},
+                       evaluation=Evaluation(accuracy, loss) if accuracy is not None else None)
 
 
 def refused(port: int) -> bool:

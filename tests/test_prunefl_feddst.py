@@ -118,7 +118,7 @@ def test_feddst_clients_readjust_their_own_masks_and_the_server_averages_over_ke
     after, _ = algo.aggregate(state, plan, merged)
     sizes = [len(ds.client_train_rows(t.client)) for t in plan.tasks]
     for n, task, p in zip(sizes, plan.tasks, alone):  # the readjusting batch is billed as processed examples
-        assert p.tally.get("train_examples") == task.epochs * n + min(cfg.clients.batch_size, n)
+        assert p.train.examples == task.epochs * n + min(cfg.clients.batch_size, n)
     for k in old:
         total = sum(n * p.stats["delta"].mean(torch.float64)[k] for n, p in zip(sizes, alone))
         keepers = sum(n * m[k].double() for n, m in zip(sizes, local))

@@ -4,6 +4,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,17 @@ def _round(cfg, clients=None):
     return rnd.dataset, rnd.population, InProcessBackend(rnd.runner, threads=1), rnd.plan
 
 
-def _measured(tally) -> dict:
-    """The tally without the measured training wall time, which no two runs share."""
-    return {k: v for k, v in tally.sums.items() if not k.endswith("_train_wall_s")}
+def _measured(counters) -> dict:
+    """The counters without the measured training wall time, which no two runs share."""
+    return {k: v for k, v in asdict(counters).items() if k != "train_wall_s"}
 
 
 def _assert_same_aggregate(got: Partial, want: Partial):
-    assert _measured(got.tally) == pytest.approx(_measured(want.tally), rel=1e-12)
-    assert got.tally.sums.keys() == want.tally.sums.keys()  # both measured the clients' training time
-    assert got.tally.maxes == want.tally.maxes
+    for kind in ("train", "explore", "evaluate"):
+        assert _measured(got.counters(kind)) == pytest.approx(_measured(want.counters(kind)), rel=1e-12)
+    assert (got.train.train_wall_s > 0) == (want.train.train_wall_s > 0)  # both measured the clients' training time
+    assert got.train.sim_time_s == want.train.sim_time_s
+    assert got.metrics == pytest.approx(want.metrics, rel=1e-12)
     assert got.stats.keys() == want.stats.keys()
     for name, s in want.stats.items():
         assert got.stats[name].weight == s.weight
@@ -82,7 +85,7 @@ def test_ray_aggregate_equals_in_process_aggregate(small_config):
         assert backend.pool_info()["workers"] == 2 and 0 < backend.pool_info()["busy_fraction"] <= 1
     finally:
         backend.close()
-    assert got.tally.get("train_done") == len(plan.tasks) == 20
+    assert got.train.done == len(plan.tasks) == 20
     _assert_same_aggregate(got, want)
     # Data read from the object store in place, torch pinned to each worker's one CPU.
     assert all(i["data_zero_copy"] and i["threads"] == 1 and i["device"] == "cpu" for i in info)
@@ -119,7 +122,7 @@ def test_worker_dying_mid_round_is_replaced_and_its_clients_rerun_once(small_con
     finally:
         backend.close()
     assert os.path.exists(marker)
-    assert got.failures == [] and got.tally.get("train_failed") == 0
+    assert got.failures == [] and got.train.failed == 0
     _assert_same_aggregate(got, want)  # nothing lost, nothing counted twice
     _assert_same_aggregate(again, want)
 
@@ -135,12 +138,13 @@ def test_worker_dying_every_time_fails_its_clients_after_bounded_retries(small_c
         assert backend.pool_info()["workers_replaced"] == 2  # first death + one retry
     finally:
         backend.close()
-    t = got.tally
+    t = got.train
     failed = sorted(f.client for f in got.failures)
     assert crash_client in failed and "died 2 times" in got.failures[0].reason
     assert 0 < len(failed) < len(plan.tasks)
-    assert t.get("train_done") + t.get("train_failed") == len(plan.tasks)  # every client accounted once
-    assert t.sums.pop("train_failed") == len(failed)
+    assert t.done + t.failed == len(plan.tasks)  # every client accounted once
+    assert t.failed == len(failed)
+    t.failed = 0  # checked above; everything else must be what the survivors add up to alone
     # The surviving worker's clients aggregate exactly as they would alone.
     survivors = [task for task in plan.tasks if task.client not in failed]
     _assert_same_aggregate(got, runner.run(survivors, plan.broadcast))
@@ -198,7 +202,7 @@ def _order_leaves() -> list[Partial]:
     for i, value in enumerate(ORDER_LEAVES):
         p = Partial()
         p.add_stats({"d": WeightedSum.of({"w": torch.tensor([value], dtype=torch.float64)}, 1.0)})
-        p.tally.add(n=1)
+        p.train.done += 1
         p.add_failure(0, i, "train", f"leaf {i}")  # the failure list records the merge order exactly
         parts.append(p)
     return parts
@@ -212,7 +216,7 @@ def _assert_merged_in_tree_order(root: Partial):
     reversed_groups = (((v[2] + v[1]) + v[0]) + ((v[5] + v[4]) + v[3])) + v[6]
     assert want == 5.0 and reversed_groups == 10.0  # the values tell these orders apart
     assert root.stats["d"].total["w"].item() == want
-    assert root.tally.get("n") == 7 and root.stats["d"].weight == 7.0
+    assert root.train.done == 7 and root.stats["d"].weight == 7.0
 
 
 def test_tree_reduce_is_fixed_order_and_complete():

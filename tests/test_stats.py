@@ -1,11 +1,13 @@
 import itertools
+from dataclasses import fields
 
 import numpy as np
 import pytest
 import torch
 
+from raysim.engine.counters import ClientCounters, EvalCounters
 from raysim.engine.seeds import derive_seed
-from raysim.engine.stats import ClientFailure, Partial, Tally, WeightedSum, merge_all
+from raysim.engine.stats import ClientFailure, Partial, WeightedSum, merge_all
 
 
 def _sums(n=6, seed=0):
@@ -48,16 +50,20 @@ def test_non_finite_detected():
 
 def test_partial_merge_sums_counters_maxes_and_keeps_failures():
     a, b = Partial(), Partial()
-    a.tally.add(done=2, flops=10)
-    a.tally.max(t=3.0)
-    b.tally.add(done=1)
-    b.tally.max(t=5.0)
+    a.train = ClientCounters(done=2, flops_executed=10.0, sim_time_s=3.0)
+    a.metrics = {"only_a": 1.0, "both": 2.0}
+    b.train = ClientCounters(done=1, sim_time_s=5.0)
+    b.explore.bytes_up = 7
+    b.evaluate.correct = 4
+    b.metrics = {"both": 0.5}
     b.failures.append(ClientFailure(0, 7, "train", "boom"))
     b.stats["d"] = WeightedSum.of({"x": torch.ones(2)}, 2)
     m = a + b
-    assert m.tally.sums == {"done": 3, "flops": 10} and m.tally.maxes == {"t": 5.0}
+    assert m.train == ClientCounters(done=3, flops_executed=10.0, sim_time_s=5.0)
+    assert m.explore == ClientCounters(bytes_up=7) and m.evaluate == EvalCounters(correct=4)
+    assert m.metrics == {"only_a": 1.0, "both": 2.5}
     assert [f.client for f in m.failures] == [7] and m.stats["d"].weight == 2
-    assert isinstance(m.tally + Tally(), Tally)
+    assert a.train.done == 2 and a.metrics == {"only_a": 1.0, "both": 2.0}  # the operands are unchanged
 
 
 def test_seeds_are_deterministic_and_distinct():
@@ -81,11 +87,18 @@ def test_merge_all_is_a_left_fold_in_the_given_order():
     assert merged.stats["d"].total["w"].item() == ((1.0 + 2.0**60) - 2.0**60) + 3.0 == 3.0  # reversed: 4.0
 
 
-def test_tally_merge_keeps_the_larger_gauge_from_either_side():
-    a, b = Tally(), Tally()
-    a.max(t=7.0, only_a=1.0)
-    b.max(t=2.0, only_b=3.0)
-    assert (a + b).maxes == (b + a).maxes == {"t": 7.0, "only_a": 1.0, "only_b": 3.0}
+def test_counters_sum_every_field_but_keep_the_slowest_clients_time():
+    a = ClientCounters(*range(1, 12), sim_time_s=7.0)
+    b = ClientCounters(*range(10, 21), sim_time_s=2.0)
+    for s in (a + b, b + a):
+        assert s.sim_time_s == 7.0
+        assert [getattr(s, f.name) for f in fields(s) if f.name != "sim_time_s"] == [i + j for i, j in
+                                                                                      zip(range(1, 12), range(10, 21))]
+    assert EvalCounters(1, 2, 3, 4.0, 5) + EvalCounters(1, 1, 1, 1.0, 1) == EvalCounters(2, 3, 4, 5.0, 6)
+    with pytest.raises(TypeError, match="cannot add"):
+        a + EvalCounters()
+    with pytest.raises(AttributeError):
+        a.flops_excuted  # a misspelt counter is an error, not a silent 0
 
 
 def test_a_failure_records_round_client_kind_and_reason_and_counts_by_kind():
@@ -93,7 +106,9 @@ def test_a_failure_records_round_client_kind_and_reason_and_counts_by_kind():
     p.add_failure(4, 17, "explore", "RuntimeError: boom")
     p.add_failure(4, 18, "train", "x")
     assert p.failures[0] == ClientFailure(4, 17, "explore", "RuntimeError: boom")
-    assert p.tally.sums == {"explore_failed": 1, "train_failed": 1}
+    assert (p.explore.failed, p.train.failed, p.evaluate.failed) == (1, 1, 0)
+    with pytest.raises(ValueError, match="unknown task kind"):
+        p.add_failure(4, 19, "trian", "x")
 
 
 def test_per_client_states_merge_as_a_union_in_any_order():

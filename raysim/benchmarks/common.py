@@ -60,8 +60,8 @@ def timed_rounds(backend: Backend, runner, rounds: list[list[int]]) -> list[floa
         start = time.perf_counter()
         plan = algorithm.configure_round(state, r, clients)
         partial = backend.run(plan.tasks, plan.broadcast)
-        if partial.tally.get("train_done") != len(clients):
-            raise RuntimeError(f"round {r}: {partial.tally.get('train_done'):.0f} of {len(clients)} clients done "
+        if partial.train.done != len(clients):
+            raise RuntimeError(f"round {r}: {partial.train.done} of {len(clients)} clients done "
                                f"({partial.failures[:1]})")
         state, _ = algorithm.aggregate(state, plan, partial)
         times.append(time.perf_counter() - start)

@@ -10,10 +10,11 @@ import numpy as np
 import torch
 
 from raysim.data.federated import FederatedDataset
-from raysim.devices import Population, round_time_s
+from raysim.devices import Population
 from raysim.engine.api import ClientTask, FederatedAlgorithm, ServerState
 from raysim.engine.backend import Backend
 from raysim.engine.clock import ClockPredictor
+from raysim.engine.record import Evaluation, RoundRecord
 from raysim.engine.runner import ModelFactory
 from raysim.engine.sampling import sample_clients
 from raysim.engine.seeds import rng_for
@@ -24,36 +25,14 @@ from raysim.engine.training import evaluate
 class Callback:
     """Side effects of a run (round log, checkpoints, progress, metrics); all hooks optional.
 
-    `on_round_end` sees each round's record (the row rounds.parquet gets), the server
-    state after the round and the merged client sums; returning True stops the run after
-    this round (every callback still sees it, then `on_run_end` runs as usual)."""
+    `on_round_end` sees each round's typed record (`record.row()` is the row
+    rounds.parquet gets), the server state after the round and the merged client sums;
+    returning True stops the run after this round (every callback still sees it, then
+    `on_run_end` runs as usual)."""
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> bool | None: ...
+    def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> bool | None: ...
 
     def on_run_end(self, state: ServerState) -> None: ...
-
-
-def round_record(round_no: int, phase: str, sampled: int, partial: Partial, deadline_s: float | None) -> dict:
-    """One row of rounds.parquet from a merged Partial. `phase` is the task kind
-    ("train", or "explore" for an algorithm's set-up phase, logged as round 0)."""
-    t = partial.tally
-    samples = t.get(f"{phase}_samples")
-    dropped = int(t.get(f"{phase}_dropped"))
-    return {
-        "round": round_no,
-        "phase": phase,
-        "clients_sampled": sampled,
-        "clients_done": int(t.get(f"{phase}_done")),
-        "clients_dropped": dropped,
-        "clients_failed": int(t.get(f"{phase}_failed")),
-        "train_loss": t.get(f"{phase}_loss_sum") / samples if samples else math.nan,
-        "flops_executed": t.get(f"{phase}_flops_executed"),
-        "flops_effective": t.get(f"{phase}_flops_effective"),
-        "bytes_down": int(t.get(f"{phase}_bytes_down")),
-        "bytes_up": int(t.get(f"{phase}_bytes_up")),
-        "client_train_wall_s": t.get(f"{phase}_train_wall_s"),
-        "sim_time_s": round_time_s(t.maxes.get(f"{phase}_sim_time_s", 0.0), dropped, deadline_s),
-    }
 
 
 class Evaluator:
@@ -72,19 +51,18 @@ class Evaluator:
         pick = rng_for(seed, "eval").permutation(with_holdout)[:max_clients] if clients else []
         self.eval_clients = sorted(int(c) for c in pick)
 
-    def __call__(self, state: ServerState) -> dict:
+    def __call__(self, state: ServerState) -> Evaluation:
         broadcast = self.algorithm.broadcast(state)
         model = self.model_factory(broadcast.arch)
         model.load_state_dict(broadcast.weights)
         loss_sum, correct, n = evaluate(model, self.test_x, self.test_y, self.batch_size)
-        out = {"accuracy": correct / n, "loss": loss_sum / n}
-        if self.eval_clients:
-            tasks = [ClientTask(state.round, c, 0, "evaluate") for c in self.eval_clients]
-            t = self.backend.run(tasks, broadcast).tally
-            examples = t.get("eval_examples")
-            out["client_accuracy"] = t.get("eval_correct") / examples if examples else math.nan
-            out["client_loss"] = t.get("eval_loss_sum") / examples if examples else math.nan
-        return out
+        if not self.eval_clients:
+            return Evaluation(correct / n, loss_sum / n)
+        tasks = [ClientTask(state.round, c, 0, "evaluate") for c in self.eval_clients]
+        c = self.backend.run(tasks, broadcast).evaluate
+        return Evaluation(correct / n, loss_sum / n,
+                          c.correct / c.examples if c.examples else math.nan,
+                          c.loss_sum / c.examples if c.examples else math.nan)
 
 
 @dataclass
@@ -103,7 +81,7 @@ class RoundLoop:
     clock: ClockPredictor
     overcommit: float = 1.0
 
-    def _notify(self, record: dict, state: ServerState, partial: Partial) -> bool:
+    def _notify(self, record: RoundRecord, state: ServerState, partial: Partial) -> bool:
         """Whether any callback asked to stop."""
         stops = [cb.on_round_end(record, state, partial) for cb in self.callbacks]
         return any(stop is True for stop in stops)
@@ -116,10 +94,10 @@ class RoundLoop:
             return state
         partial = self.backend.run(plan.tasks, plan.broadcast)
         state, metrics = self.algorithm.finish_setup(state, plan, partial)
-        record = round_record(0, "explore", len(plan.tasks), partial, None)
-        record["wall_time_s"] = time.perf_counter() - start
-        record.update(metrics)
-        record.update(self.evaluator(state))
+        record = RoundRecord.of(0, "explore", len(plan.tasks), partial, None)
+        record.wall_time_s = time.perf_counter() - start
+        record.metrics = metrics
+        record.evaluation = self.evaluator(state)
         self._notify(record, state, partial)
         return state
 
@@ -138,12 +116,12 @@ class RoundLoop:
             partial = self.backend.run(plan.tasks, plan.broadcast)
             pool = self.backend.pool_info()
             state, metrics = self.algorithm.aggregate(state, plan, partial)
-            record = round_record(r + 1, "train", len(clients), partial, deadline)
-            record["wall_time_s"] = time.perf_counter() - start
-            record.update(pool)
-            record.update(metrics)
+            record = RoundRecord.of(r + 1, "train", len(clients), partial, deadline)
+            record.wall_time_s = time.perf_counter() - start
+            record.pool = pool
+            record.metrics = metrics
             if (r + 1) % self.eval_every == 0 or r + 1 == self.rounds:
-                record.update(self.evaluator(state))
+                record.evaluation = self.evaluator(state)
             if self._notify(record, state, partial):
                 break
         for cb in self.callbacks:

@@ -19,6 +19,7 @@ from raysim.costs.flops import training_flop_profile
 from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, client_time_s, misses_deadline
 from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
+from raysim.engine.counters import add_metrics
 from raysim.engine.stats import Partial, WeightedSum
 from raysim.engine.training import evaluate
 
@@ -100,7 +101,11 @@ class ClientRunner:
         if len(data) == 0:
             return
         loss_sum, correct, n = evaluate(self.model_for(broadcast), data.x, data.y, self.eval_batch_size)
-        partial.tally.add(eval_loss_sum=loss_sum, eval_correct=correct, eval_examples=n, eval_clients=1)
+        c = partial.evaluate
+        c.loss_sum += loss_sum
+        c.correct += correct
+        c.examples += n
+        c.clients += 1
 
     def _train(self, task: ClientTask, broadcast: Broadcast, densities: dict[str, float], partial: Partial) -> None:
         data = self._client_data(self.dataset.client_train_rows(task.client))
@@ -119,30 +124,22 @@ class ClientRunner:
         executed = flops.total * update.examples_processed
         effective = flops.effective(densities) * update.examples_processed
         clock = client_time_s(self.population.profile(task.client), executed, broadcast.payload_bytes, update.upload_bytes)
-        kind = task.kind
+        c = partial.counters(task.kind)
         # Resources spent count whether or not the server waits for the client.
-        partial.tally.add(
-            **{
-                f"{kind}_flops_executed": executed,
-                f"{kind}_flops_effective": effective,
-                f"{kind}_bytes_down": broadcast.payload_bytes,
-                f"{kind}_bytes_up": update.upload_bytes,
-                f"{kind}_examples": update.examples_processed,
-                f"{kind}_train_wall_s": train_wall_s,
-            }
-        )
+        c.flops_executed += executed
+        c.flops_effective += effective
+        c.bytes_down += broadcast.payload_bytes
+        c.bytes_up += update.upload_bytes
+        c.examples += update.examples_processed
+        c.train_wall_s += train_wall_s
         if misses_deadline(clock.total_s, task.deadline_s):
-            partial.tally.add(**{f"{kind}_dropped": 1})
+            c.dropped += 1
             return
         partial.add_stats({k: _on_cpu(v) for k, v in update.contribution.items()})
         if update.client_state is not None:
             partial.client_states[task.client] = {k: v.detach().cpu() for k, v in update.client_state.items()}
-        partial.tally.add(
-            **{
-                f"{kind}_done": 1,
-                f"{kind}_samples": update.num_samples,
-                f"{kind}_loss_sum": update.train_loss * update.num_samples,
-            },
-            **update.metrics,
-        )
-        partial.tally.max(**{f"{kind}_sim_time_s": clock.total_s})
+        c.done += 1
+        c.samples += update.num_samples
+        c.loss_sum += update.train_loss * update.num_samples
+        add_metrics(partial.metrics, update.metrics)
+        c.sim_time_s = max(c.sim_time_s, clock.total_s)

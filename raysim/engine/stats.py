@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 
 import torch
 
+from raysim.engine.counters import ClientCounters, EvalCounters, add_metrics
+
+PHASES = ("train", "explore", "evaluate")
 Tensors = dict[str, torch.Tensor]
 
 
@@ -51,31 +54,6 @@ class WeightedSum:
         return math.isfinite(self.weight) and all(bool(torch.isfinite(v).all()) for v in self.total.values())
 
 
-@dataclass
-class Tally:
-    """Scalar counters that merge by sum, and gauges that merge by max."""
-
-    sums: dict[str, float] = field(default_factory=dict)
-    maxes: dict[str, float] = field(default_factory=dict)
-
-    def add(self, **values: float) -> None:
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
-
-    def max(self, **values: float) -> None:
-        for k, v in values.items():
-            self.maxes[k] = max(self.maxes.get(k, float("-inf")), float(v))
-
-    def __add__(self, other: "Tally") -> "Tally":
-        out = Tally(dict(self.sums), dict(self.maxes))
-        out.add(**other.sums)
-        out.max(**other.maxes)
-        return out
-
-    def get(self, key: str, default: float = 0.0) -> float:
-        return self.sums.get(key, self.maxes.get(key, default))
-
-
 @dataclass(frozen=True)
 class ClientFailure:
     round: int
@@ -86,10 +64,14 @@ class ClientFailure:
 
 @dataclass
 class Partial:
-    """What a group of clients adds up to: named weighted sums, counters, failures."""
+    """What a group of clients adds up to: named weighted sums, typed counters per task
+    kind, the algorithm's own summed metrics, failures."""
 
     stats: dict[str, WeightedSum] = field(default_factory=dict)
-    tally: Tally = field(default_factory=Tally)
+    train: ClientCounters = field(default_factory=ClientCounters)
+    explore: ClientCounters = field(default_factory=ClientCounters)
+    evaluate: EvalCounters = field(default_factory=EvalCounters)
+    metrics: dict[str, float] = field(default_factory=dict)  # ClientUpdate.metrics, summed by name
     failures: list[ClientFailure] = field(default_factory=list)
     # Per-client states returned this round (client id -> tensors), for algorithms that keep
     # one per client; each client appears in one partial only, so merging is a union.
@@ -104,18 +86,26 @@ class Partial:
             else:
                 self.stats[k] = v
 
+    def counters(self, kind: str) -> ClientCounters | EvalCounters:
+        """The counters of task kind `kind` ("train", "explore" or "evaluate")."""
+        if kind not in PHASES:
+            raise ValueError(f"unknown task kind {kind!r}; expected one of {PHASES}")
+        return getattr(self, kind)
+
     def add_failure(self, round: int, client: int, kind: str, reason: str) -> None:
-        """A client that failed: listed with its reason and counted as `{kind}_failed`."""
+        """A client that failed: listed with its reason and counted in its kind's `failed`."""
         self.failures.append(ClientFailure(round, client, kind, reason))
-        self.tally.add(**{f"{kind}_failed": 1})
+        self.counters(kind).failed += 1
 
     def __add__(self, other: "Partial") -> "Partial":
         """A new Partial; neither operand changes (merges share their inputs' sums)."""
         stats = dict(self.stats)
         for k, v in other.stats.items():
             stats[k] = stats[k] + v if k in stats else v
-        return Partial(stats, self.tally + other.tally, self.failures + other.failures,
-                       self.client_states | other.client_states)
+        metrics = dict(self.metrics)
+        add_metrics(metrics, other.metrics)
+        return Partial(stats, self.train + other.train, self.explore + other.explore, self.evaluate + other.evaluate,
+                       metrics, self.failures + other.failures, self.client_states | other.client_states)
 
 
 def merge_all(partials: list[Partial]) -> Partial:

@@ -9,6 +9,7 @@ from safetensors.torch import save as st_save
 
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Callback
+from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
 from raysim.results.run_dir import write_atomic
 
@@ -46,7 +47,7 @@ class Checkpointer(Callback):
         self.run_dir, self.every, self.rounds, self.keep = run_dir, every, rounds, keep
         self._saved: int | None = None
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
+    def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> None:
         if state.round % self.every == 0 or state.round == self.rounds:
             self._save(state)
 

@@ -5,6 +5,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Callback
+from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
 
 
@@ -17,10 +18,10 @@ class ProgressBar(Callback):
         self.task = self.progress.add_task(label, total=rounds, completed=start_round, acc="-", ups="-")
         self.progress.start()
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
-        fields = {"ups": f"{record['clients_done'] / record['wall_time_s']:.1f}" if record["wall_time_s"] > 0 else "-"}
-        if record.get("accuracy") is not None:
-            fields["acc"] = f"{record['accuracy']:.3f}"
+    def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> None:
+        fields = {"ups": f"{record.clients_done / record.wall_time_s:.1f}" if record.wall_time_s > 0 else "-"}
+        if record.accuracy is not None:
+            fields["acc"] = f"{record.accuracy:.3f}"
         self.progress.update(self.task, advance=1, **fields)
 
     def on_run_end(self, state: ServerState) -> None:

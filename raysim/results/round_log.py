@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Callback
+from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
 from raysim.results.run_dir import write_atomic
 
 ROUNDS_FILE = "rounds.parquet"
-EVAL_COLUMNS = ("accuracy", "loss", "client_accuracy", "client_loss")
 
 
 def read_rounds(run_dir: Path) -> list[dict]:
@@ -26,9 +26,8 @@ class RoundLog(Callback):
         self.path = run_dir / ROUNDS_FILE
         self.rows: list[dict] = list(rows or [])
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
-        row = {col: None for col in EVAL_COLUMNS} | record  # unevaluated rounds get nulls, not missing columns
-        self.rows.append(row)
+    def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> None:
+        self.rows.append(record.row())
         columns = list(dict.fromkeys(k for r in self.rows for k in r))
         table = pa.Table.from_pylist([{c: r.get(c) for c in columns} for r in self.rows])
         buf = io.BytesIO()

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push
 from raysim.config import ConfigError, MetricsConfig
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Callback
+from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,9 @@ ROUND_SECONDS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 6
 PUSH_JOB = "raysim"
 
 
-def _value(record: dict, key: str) -> float | None:
-    """A record field, or None when it is absent, null or NaN (not measured this round)."""
-    v = record.get(key)
+def _value(row: dict, key: str) -> float | None:
+    """A round-log column, or None when it is absent, null or NaN (not measured this round)."""
+    v = row.get(key)
     if v is None:
         return None
     v = float(v)
@@ -97,27 +98,27 @@ class PrometheusExporter(Callback):
                               f"({why}); choose another port, or 0 for any free one") from None
         self.port: int = self._server.server_address[1]
 
-    def on_round_end(self, record: dict, state: ServerState, partial: Partial) -> None:
-        run, phase = self._run, record["phase"]
+    def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> None:
+        run, phase, row = self._run, record.phase, record.row()
         for outcome in OUTCOMES:
-            self.clients.labels(**run, outcome=outcome, phase=phase).inc(record[f"clients_{outcome}"])
-        self.bytes_down.labels(**run, phase=phase).inc(record["bytes_down"])
-        self.bytes_up.labels(**run, phase=phase).inc(record["bytes_up"])
-        self.flops_exec.labels(**run, phase=phase).inc(record["flops_executed"])
-        self.flops_eff.labels(**run, phase=phase).inc(record["flops_effective"])
+            self.clients.labels(**run, outcome=outcome, phase=phase).inc(row[f"clients_{outcome}"])
+        self.bytes_down.labels(**run, phase=phase).inc(record.bytes_down)
+        self.bytes_up.labels(**run, phase=phase).inc(record.bytes_up)
+        self.flops_exec.labels(**run, phase=phase).inc(record.flops_executed)
+        self.flops_eff.labels(**run, phase=phase).inc(record.flops_effective)
         for key, g in self.optional.items():
-            v = _value(record, key)
+            v = _value(row, key)
             if v is not None:
                 g.labels(**run).set(v)
         if phase != "train":
             return  # exploration is billed above but is not a round of the schedule
         self.rounds.inc()
         for outcome in ("sampled",) + OUTCOMES:
-            self.round_clients.labels(**run, outcome=outcome).set(record[f"clients_{outcome}"])
-        wall = record["wall_time_s"]
+            self.round_clients.labels(**run, outcome=outcome).set(row[f"clients_{outcome}"])
+        wall = record.wall_time_s
         self.wall.observe(wall)
-        self.sim.observe(record["sim_time_s"])
-        self.updates_per_s.set(record["clients_done"] / wall if wall > 0 else 0.0)
+        self.sim.observe(record.sim_time_s)
+        self.updates_per_s.set(record.clients_done / wall if wall > 0 else 0.0)
 
     def on_run_end(self, state: ServerState) -> None:
         if self.cfg.pushgateway:
