@@ -10,10 +10,8 @@ import math
 from typing import Literal
 
 import torch
-from torch import nn
 
 from raysim.engine.stats import WeightedSum
-from raysim.models.zoo import prunable_layer_names
 
 Tensors = dict[str, torch.Tensor]
 NormaliseMethod = Literal["minmax", "robust"]
@@ -104,22 +102,3 @@ def update_running(previous: Tensors | None, fresh: Tensors, alpha: float) -> Te
             )
         out[name] = alpha * old.to(torch.float32) + (1.0 - alpha) * new.to(torch.float32)
     return out
-
-
-def prunable_weight_names(model: nn.Module) -> list[str]:
-    """Names of the weights masks cover: `.weight` of the prunable Conv/Linear layers
-    and the weight_ih/weight_hh matrices of LSTMs; never biases, norm layers,
-    embeddings or the output layer."""
-    names = []
-    for layer in prunable_layer_names(model):
-        module = model.get_submodule(layer)
-        prefix = f"{layer}." if layer else ""
-        if isinstance(module, nn.RNNBase):
-            names += [
-                prefix + param
-                for param, _ in module.named_parameters(recurse=False)
-                if param.startswith(("weight_ih_l", "weight_hh_l"))
-            ]
-        else:
-            names.append(prefix + "weight")
-    return names

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from autoflip.guidance import prunable_weight_names
+from autoflip.layers import prunable_weight_names, require_prunable
 from autoflip.masks import jaccard, overall_sparsity
 from autoflip.structured import replay
 from raysim.algorithms.fedavg import FedAvg
@@ -52,7 +52,8 @@ class PrunedFedAvg(FedAvg):
         self.example_input = example_input
         dense = model_factory(None)
         self.dense_params = sum(p.numel() for p in dense.parameters())
-        self.dense_prunable = sum(p.numel() for n, p in dense.named_parameters() if n in prunable_weight_names(dense))
+        prunable = require_prunable(dense, cfg.model.name, cfg.algorithm.name)
+        self.dense_prunable = sum(p.numel() for n, p in dense.named_parameters() if n in prunable)
         self._names: dict[str, tuple[list[str], list[str]]] = {}
 
     def broadcast(self, state: ServerState) -> Broadcast:

@@ -46,8 +46,8 @@ import torch_pruning as tp
 from torch import nn
 
 from autoflip import lstm_pruning
+from autoflip.layers import PRUNABLE_TYPES, output_layer_name, prunable_layer_names
 from autoflip.masks import prune_count
-from raysim.models.zoo import PRUNABLE_TYPES, output_layer_name, prunable_layer_names
 
 Keep = dict[str, dict[int, torch.Tensor]]
 RecordEntry = dict  # {"layer": unit layer key, "remove": sorted unit indices at application time}

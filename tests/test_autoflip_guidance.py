@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from autoflip import guidance
-from autoflip.guidance import guidance_from_sum, normalise, prunable_weight_names, update_running
+from autoflip.guidance import guidance_from_sum, normalise, update_running
+from autoflip.layers import prunable_weight_names
 from autoflip.masks import unstructured_mask
 from raysim.engine.stats import WeightedSum
 from raysim.models.zoo import CharLSTM, ResNet, TwoCNN

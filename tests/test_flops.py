@@ -7,7 +7,6 @@ from raysim.config import ModelConfig
 from raysim.costs.flops import (
     FlopProfile,
     architecture_signature,
-    forward_flop_profile,
     lstm_flops,
     training_flop_profile,
 )
@@ -26,7 +25,6 @@ def test_linear_layers_match_the_analytic_count():
     train = training_flop_profile(model, x)
     assert train.per_layer == {"0": first + first, "2": second + second + second}
     assert train.other == 0
-    assert forward_flop_profile(model, x).per_layer == {"0": first, "2": second}
 
 
 def test_conv_layers_match_the_analytic_count():
@@ -42,7 +40,6 @@ def test_conv_layers_match_the_analytic_count():
     train = training_flop_profile(model, x)
     assert train.per_layer == {"0": 2 * conv1, "2": 3 * conv2, "4": 3 * fc}
     assert train.total == 2 * conv1 + 3 * conv2 + 3 * fc
-    assert forward_flop_profile(model, x).per_layer == {"0": conv1, "2": conv2, "4": fc}
 
 
 def test_residual_branches_are_charged_to_their_own_layers():
@@ -72,7 +69,6 @@ def test_unattributed_matmuls_are_other():
     model, x = FixedProjection(), torch.randn(2, 4)
     projection = 2 * 3 * 2
     assert training_flop_profile(model, x).other == 2 * projection  # forward + input gradient
-    assert forward_flop_profile(model, x).other == projection
 
 
 def test_lstm_fed_with_data_matches_the_formula():
@@ -90,7 +86,6 @@ def test_lstm_fed_with_data_matches_the_formula():
     # Backward: both weight gradients, but the input gradient only through W_hh.
     train = forward + forward + 2 * 16 * 4 * 5
     assert training_flop_profile(model, x).per_layer["lstm"] == train == 2880
-    assert forward_flop_profile(model, x).per_layer["lstm"] == forward
     assert lstm_flops(model.lstm, 5, backward=True, input_grad=False) == train
 
 
@@ -128,7 +123,6 @@ def test_same_architecture_hits_the_cache():
 
     profile = training_flop_profile(first, torch.randn(2, 1, 28, 28))
     assert training_flop_profile(second, torch.randn(5, 1, 28, 28)) is profile
-    assert forward_flop_profile(first, torch.randn(2, 1, 28, 28)) is not profile
 
 
 def test_input_shape_is_part_of_the_cache_key():

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysim.config import ModelConfig
-from raysim.models import build_model, output_layer_name, prunable_layer_names
+from raysim.models import build_model
 
 MNIST = (1, 28, 28)
 CIFAR = (3, 32, 32)
@@ -127,33 +127,3 @@ def test_model_input_mismatch_is_a_clear_error(name, shape):
 def test_bad_classes_are_refused():
     with pytest.raises(ValueError, match="num_classes"):
         make("logreg", (60,), 1)
-
-
-@pytest.mark.parametrize("name,shape,classes", INTENDED)
-def test_output_layer_is_the_classifier_and_never_prunable(name, shape, classes):
-    model = make(name, shape, classes)
-    output = output_layer_name(model)
-    assert output == "classifier"
-    assert model.get_submodule(output).out_features == classes
-
-    prunable = prunable_layer_names(model)
-    assert output not in prunable
-    modules = dict(model.named_modules())
-    assert all(isinstance(modules[n], (nn.Conv2d, nn.Linear, nn.LSTM)) for n in prunable)
-    expected = {
-        n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear, nn.LSTM)) and n != output
-    }
-    assert set(prunable) == expected
-
-
-def test_prunable_layers_of_twocnn_and_char_lstm():
-    assert prunable_layer_names(make("twocnn", MNIST, 10)) == ["conv1", "conv2", "fc1"]
-    # The embedding is not a pruning target.
-    assert prunable_layer_names(make("char_lstm", SEQ, 30)) == ["lstm"]
-    resnet = prunable_layer_names(make("resnet", CIFAR, 10))
-    assert "stages.1.shortcut.0" in resnet and not any("bn" in n for n in resnet)
-
-
-def test_output_layer_of_a_model_without_linear_is_an_error():
-    with pytest.raises(ValueError, match="no nn.Linear"):
-        output_layer_name(nn.Sequential(nn.Conv2d(1, 2, 3)))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from raysim.costs.payload import decode, encode_dense, encode_masked
+from raysim.costs.payload import decode, encode_masked
 
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -34,7 +34,7 @@ def test_dense_payload_is_four_bytes_per_param_plus_header():
     state = model.state_dict()
     n_params = sum(p.numel() for p in model.parameters())
 
-    payload = encode_dense(state)
+    payload = encode_masked(state, {})
 
     header, data_bytes = split_container(payload)
     assert data_bytes == 4 * n_params
@@ -51,7 +51,7 @@ def test_floats_travel_as_float32_and_integers_as_they_are():
     state = {**bn.state_dict(), "half": torch.tensor([1.5, -2.25], dtype=torch.float16),
              "double": torch.tensor([[0.1, 0.2]], dtype=torch.float64)}
 
-    decoded = decode(encode_dense(state))
+    decoded = decode(encode_masked(state, {}))
 
     assert decoded["half"].dtype == torch.float32 and torch.equal(decoded["half"], state["half"].float())
     assert decoded["double"].dtype == torch.float32 and torch.equal(decoded["double"], state["double"].float())
@@ -121,8 +121,8 @@ def test_zstd_round_trips_and_shrinks_a_sparse_tensor():
     weight[torch.rand(100, 100) < 0.9] = 0
     mask = weight != 0
 
-    plain = encode_dense({"w": weight})
-    packed = encode_dense({"w": weight}, compression="zstd", level=3)
+    plain = encode_masked({"w": weight}, {})
+    packed = encode_masked({"w": weight}, {}, compression="zstd", level=3)
 
     assert packed.startswith(ZSTD_MAGIC)
     assert len(packed) < len(plain)
@@ -146,9 +146,9 @@ def test_invalid_masks_name_the_tensor(masks, match):
 
 def test_unknown_compression_names_the_option():
     with pytest.raises(ValueError, match="lz4.*none, zstd"):
-        encode_dense({"w": torch.randn(3)}, compression="lz4")
+        encode_masked({"w": torch.randn(3)}, {}, compression="lz4")
     with pytest.raises(ValueError, match="level"):
-        encode_dense({"w": torch.randn(3)}, compression="zstd", level=0)
+        encode_masked({"w": torch.randn(3)}, {}, compression="zstd", level=0)
 
 
 def test_garbage_payload_is_a_value_error():
@@ -161,6 +161,6 @@ def test_garbage_payload_is_a_value_error():
 def test_an_all_kept_mask_costs_nothing_over_dense():
     tensors = {"w": torch.randn(64, 32), "b": torch.randn(32)}
     full = {"w": torch.ones(64, 32, dtype=torch.bool)}
-    assert len(encode_masked(tensors, full)) == len(encode_dense(tensors))
+    assert len(encode_masked(tensors, full)) == len(encode_masked(tensors, {}))
     decoded = decode(encode_masked(tensors, full, include_mask=False), full)
     assert torch.equal(decoded["w"], tensors["w"])

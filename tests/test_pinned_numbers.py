@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from conftest import MIXED_DEVICES, algorithm_parts, explored, plan_round
 from raysim.algorithms.server_update import MOMENTUM_PREFIX
-from raysim.costs.payload import encode_dense
+from raysim.costs.payload import encode_masked
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.clock import ClockPredictor
@@ -77,7 +77,7 @@ def test_two_fedavg_rounds_equal_the_hand_computed_sample_weighted_server_steps(
     ds = load_federated_dataset(cfg.data, cfg.seed)
     init = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))(None).state_dict()
     population = Population.from_mix(ds.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    payload = len(encode_dense(init))  # dense FedAvg: the same size each way
+    payload = len(encode_masked(init, {}))  # dense FedAvg: the same size each way
     test_x, test_y = torch.from_numpy(ds.test.x), torch.from_numpy(ds.test.y)
     with_holdout = [k for k in range(ds.num_clients) if ds.holdout_counts[k] > 0]
     eval_clients = sorted(int(k) for k in rng_for(cfg.seed, "eval").permutation(with_holdout)[:cfg.eval.max_clients])

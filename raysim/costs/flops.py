@@ -77,12 +77,7 @@ def training_flop_profile(model: nn.Module, example_input: torch.Tensor) -> Flop
     weights, gradients and BatchNorm statistics are untouched. Cached by
     architecture and per-example input shape/dtype.
     """
-    return _cached_profile(model, example_input, training=True)
-
-
-def forward_flop_profile(model: nn.Module, example_input: torch.Tensor) -> FlopProfile:
-    """Per-example FLOPs of inference (evaluation accounting); see training_flop_profile."""
-    return _cached_profile(model, example_input, training=False)
+    return _cached_profile(model, example_input)
 
 
 def architecture_signature(model: nn.Module) -> tuple:
@@ -153,41 +148,36 @@ def _detached_like(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().requires_grad_(tensor.requires_grad)
 
 
-def _replayed_flops(module: nn.Module, inputs: tuple, training: bool) -> int:
-    """What FlopCounterMode counts for one call of `module` alone, backward included
-    when training; autograd computes the input gradient exactly when the recorded
-    input required one, as it did inside the model."""
-    with FlopCounterMode(display=False) as counter, torch.set_grad_enabled(training):
+def _replayed_flops(module: nn.Module, inputs: tuple) -> int:
+    """What FlopCounterMode counts for one call of `module` alone, backward included;
+    autograd computes the input gradient exactly when the recorded input required one,
+    as it did inside the model."""
+    with FlopCounterMode(display=False) as counter, torch.enable_grad():
         output = module(*inputs)
-        if training:
-            outputs = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.requires_grad]
-            if outputs:
-                torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
+        outputs = [t for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.requires_grad]
+        if outputs:
+            torch.autograd.backward(outputs, [torch.ones_like(t) for t in outputs])
     return counter.get_total_flops()
 
 
-def _lstm_call_flops(lstm: nn.LSTM, inputs: tuple, training: bool) -> int:
+def _lstm_call_flops(lstm: nn.LSTM, inputs: tuple) -> int:
     x = inputs[0]
     data = x.data if isinstance(x, PackedSequence) else x
     # A packed sequence holds one row per (example, step); a padded one is (..., features).
     steps = data.shape[0] if isinstance(x, PackedSequence) else data.shape[:-1].numel()
-    return lstm_flops(lstm, steps, backward=training, input_grad=data.requires_grad)
+    return lstm_flops(lstm, steps, backward=True, input_grad=data.requires_grad)
 
 
-def _measure(model: nn.Module, example_input: torch.Tensor, training: bool) -> FlopProfile:
+def _measure(model: nn.Module, example_input: torch.Tensor) -> FlopProfile:
     if example_input.dim() == 0 or example_input.shape[0] < 1:
         raise ValueError(f"example_input must be a batch with at least one example, got shape {tuple(example_input.shape)}")
-    probe_model = copy.deepcopy(model).train(training)
+    probe_model = copy.deepcopy(model).train(True)
     probe_input = example_input[:1].expand(PROBE_BATCH, *example_input.shape[1:]).clone()
     calls = _LayerCalls(probe_model)
     with FlopCounterMode(display=False) as counter:
-        if training:
-            logits = probe_model(probe_input)
-            targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-            F.cross_entropy(logits, targets).backward()
-        else:
-            with torch.no_grad():
-                probe_model(probe_input)
+        logits = probe_model(probe_input)
+        targets = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        F.cross_entropy(logits, targets).backward()
     calls.stop()
 
     # FlopCounterMode's per-module counts are right for the forward but not for the
@@ -200,9 +190,9 @@ def _measure(model: nn.Module, example_input: torch.Tensor, training: bool) -> F
     measured, per_layer = {}, {}
     for name, layer_inputs in calls.inputs.items():
         module = modules[name]
-        measured[name] = sum(_replayed_flops(module, inputs, training) for inputs in layer_inputs)
+        measured[name] = sum(_replayed_flops(module, inputs) for inputs in layer_inputs)
         per_layer[name] = (
-            sum(_lstm_call_flops(module, inputs, training) for inputs in layer_inputs)
+            sum(_lstm_call_flops(module, inputs) for inputs in layer_inputs)
             if isinstance(module, nn.LSTM)
             else measured[name]
         )
@@ -216,11 +206,11 @@ def _measure(model: nn.Module, example_input: torch.Tensor, training: bool) -> F
 _cache: OrderedDict[tuple, FlopProfile] = OrderedDict()
 
 
-def _cached_profile(model: nn.Module, example_input: torch.Tensor, training: bool) -> FlopProfile:
-    key = (training, architecture_signature(model), tuple(example_input.shape[1:]), example_input.dtype)
+def _cached_profile(model: nn.Module, example_input: torch.Tensor) -> FlopProfile:
+    key = (architecture_signature(model), tuple(example_input.shape[1:]), example_input.dtype)
     profile = _cache.get(key)
     if profile is None:
-        profile = _measure(model, example_input, training)
+        profile = _measure(model, example_input)
         _cache[key] = profile
         if len(_cache) > _CACHE_CAPACITY:
             _cache.popitem(last=False)

@@ -37,11 +37,6 @@ _MASK_SUFFIX = "::mask"
 _BITMAP, _INDICES, _ABSENT = "bitmap", "indices", "absent"
 
 
-def encode_dense(tensors: Mapping[str, torch.Tensor], compression: str = "none", level: int = 3) -> bytes:
-    """Every tensor in full; dense FedAvg sends this each way."""
-    return encode_masked(tensors, {}, compression, level)
-
-
 def encode_masked(
     tensors: Mapping[str, torch.Tensor],
     masks: Mapping[str, torch.Tensor],

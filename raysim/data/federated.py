@@ -40,7 +40,6 @@ class ArrayDataset:
 
 @dataclass(frozen=True)
 class FederatedDataset:
-    name: str
     train: ArrayDataset
     test: ArrayDataset
     num_classes: int
@@ -73,7 +72,6 @@ class FederatedDataset:
     @classmethod
     def from_partition(
         cls,
-        name: str,
         train: ArrayDataset,
         test: ArrayDataset,
         num_classes: int,
@@ -96,4 +94,4 @@ class FederatedDataset:
         offsets = np.zeros(len(parts) + 1, dtype=np.int64)
         np.cumsum([len(r) for r in shuffled], out=offsets[1:])
         index = np.concatenate(shuffled) if shuffled else np.zeros(0, dtype=np.int64)
-        return cls(name, train, test, num_classes, offsets, index, np.asarray(holdout, dtype=np.int64))
+        return cls(train, test, num_classes, offsets, index, np.asarray(holdout, dtype=np.int64))

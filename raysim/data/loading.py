@@ -105,7 +105,7 @@ def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset:
     parts = _partition(cfg, train, users, partition_rng)
     train, parts = _drop_unassigned(train, parts)
     return FederatedDataset.from_partition(
-        cfg.dataset, train, test, central.num_classes, parts, cfg.holdout_fraction, holdout_rng
+        train, test, central.num_classes, parts, cfg.holdout_fraction, holdout_rng
     )
 
 

@@ -1,4 +1,4 @@
-"""Models the simulator trains, and the names pruning must respect."""
-from raysim.models.zoo import MODELS, build_model, output_layer_name, prunable_layer_names
+"""Models the simulator trains: the zoo and its registry."""
+from raysim.models.zoo import MODELS, build_model
 
-__all__ = ["MODELS", "build_model", "output_layer_name", "prunable_layer_names"]
+__all__ = ["MODELS", "build_model"]

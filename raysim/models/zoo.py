@@ -6,9 +6,9 @@ unstructurally with masks, so each one is made only of standard layers
 between modules are the only tensor arithmetic in a forward.
 
 Naming convention: every zoo model registers its final classifier Linear as
-`classifier`, and registers it last. `output_layer_name` relies on the second
-part (the last nn.Linear in registration order), so it also works on models
-built elsewhere that follow it. All weights use torch's default initialisation,
+`classifier`, and registers it last. Pruning (autoflip.layers) finds the output
+layer by the second part (the last nn.Linear in registration order), so it also
+works on models built elsewhere that follow it. All weights use torch's default initialisation,
 so a model built under `torch.manual_seed(s)` is the same for the same `s`.
 """
 from __future__ import annotations
@@ -23,8 +23,6 @@ from raysim.registry import Registry
 
 ImageShape = tuple[int, int, int]
 
-# Layers whose weights pruning may touch (docs/method.md section 2: conv / linear / rnn).
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.LSTM)
 
 
 class LogisticRegression(nn.Module):
@@ -234,24 +232,3 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int
         raise ConfigError(f"model.name={cfg.name!r} returned {type(model).__name__}, not a torch.nn.Module; a model "
                          "plug-in is called with (input_shape, num_classes, cfg) and returns the module")
     return model
-
-
-def output_layer_name(model: nn.Module) -> str:
-    """Qualified name of the final classifier: the last nn.Linear in registration order."""
-    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    if not names:
-        raise ValueError(f"{type(model).__name__} has no nn.Linear output layer")
-    return names[-1]
-
-
-def prunable_layer_names(model: nn.Module) -> list[str]:
-    """Conv / Linear / LSTM layers that pruning may touch: all but the output layer.
-
-    Norm layers, embeddings and biases are never pruned (docs/method.md section 2).
-    """
-    output = output_layer_name(model)
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, PRUNABLE_TYPES) and name != output
-    ]
