@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raysim.config import ConfigError, load_config
+from raysim.config import ConfigError, load_config, resume_overrides
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -17,8 +17,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set rounds=5 --set clients.optimizer.lr=0.01")
     run.add_argument("--out", type=Path, help="parent folder of the run folder (default: the config's output.dir)")
-    run.add_argument("--resume", type=Path, metavar="DIR", help="continue the run in DIR from its latest checkpoint")
+    run.add_argument("--resume", type=Path, metavar="DIR",
+                     help="continue the run in DIR from its latest intact checkpoint; with --set rounds=N, extend "
+                          "a finished run (a resume may set only rounds, stop_on_divergence, output.progress, "
+                          "backend.* and metrics.*)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    run.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     run.add_argument("--address", metavar="ADDR",
                      help="Ray cluster to run on (same as --set backend.address=ADDR; default: $RAY_ADDRESS, "
                           "else a local Ray instance for the run)")
@@ -43,27 +47,40 @@ def _plugins() -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, started: list[Path]) -> int:
+    """`started` receives the run folder once there is one (for the Ctrl-C message)."""
     from raysim.experiment import execute, new_run, resumed_config
     from raysim.results.summary import print_summary
 
+    overrides = args.overrides + ([f"backend.address={args.address}"] if args.address else [])
     if args.resume:
-        if args.config or args.overrides or args.out or args.address:
-            raise ConfigError("--resume continues a run with its saved config: drop CONFIG, --set, --out and --address")
-        cfg, run_dir = resumed_config(args.resume), args.resume
+        if args.config or args.out:
+            raise ConfigError("--resume continues a run with its saved config and folder: drop CONFIG and --out")
+        cfg, run_dir = resume_overrides(resumed_config(args.resume), overrides), args.resume
     else:
-        overrides = args.overrides + ([f"backend.address={args.address}"] if args.address else [])
         cfg = load_config(args.config, overrides)
         run_dir = new_run(cfg, args.out)
+    started.append(run_dir)
     summary = execute(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)
     print_summary(summary)
-    return 0
+    return 1 if summary["stopped_early"] and "diverged" in summary["stopped_early"] else 0
+
+
+def _interrupted(run_dir: Path | None) -> str:
+    from raysim.results.checkpoint import latest_checkpoint
+
+    stem = latest_checkpoint(run_dir) if run_dir is not None and run_dir.is_dir() else None
+    if stem is None:
+        return "interrupted before the first checkpoint; nothing to resume (the run folder was removed)" \
+            if run_dir is not None and not run_dir.exists() else "interrupted before the first checkpoint"
+    return f"interrupted after round {int(stem.name.removeprefix('round-'))}; resume with: raysim run --resume {run_dir}"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from raysim.data.errors import DataError
 
+    started: list[Path] = []
     try:
         if args.command == "bench":
             from raysim.benchmarks import bench_main
@@ -71,10 +88,21 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "plugins":
             return _plugins()
-        return _run(args)
+        return _run(args, started)
     except (ConfigError, DataError) as exc:
+        if getattr(args, "debug", False):
+            raise
         print(f"raysim: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nraysim: {_interrupted(started[-1] if started else None)}", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug, not bad input: one line, the traceback on request
+        if getattr(args, "debug", False):
+            raise
+        print(f"raysim: internal error: {type(exc).__name__}: {exc}\n(run again with --debug for the traceback, "
+              "and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ message naming the field and the fields (or values) that are allowed.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,7 +18,9 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: an infinite learning rate or a NaN share is refused here, not
+    # discovered later as every client failing.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def _registry(kind: str):
@@ -248,10 +251,17 @@ class MetricsConfig(_Section):
     pushgateway: str | None = Field(None, description="host:port of a Pushgateway to push the final values to")
 
 
+# A run folder is named `<name>-<timestamp>` under output.dir: the name must not reach elsewhere.
+PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
 class ExperimentConfig(_Section):
-    name: str = "experiment"
+    name: str = Field("experiment", description="a plain name (letters, digits, '.', '_', '-'): the run folder is "
+                                                "<output.dir>/<name>-<timestamp>")
     seed: int = Field(0, ge=0)
     rounds: int = Field(10, ge=1)
+    stop_on_divergence: bool = Field(False, description="end the run after a round where most clients failed or the "
+                                                        "training loss is not finite (always warned in the summary)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     clients: ClientConfig = ClientConfig()
@@ -262,6 +272,14 @@ class ExperimentConfig(_Section):
     output: OutputConfig = OutputConfig()
     backend: BackendConfig = BackendConfig()
     metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not PLAIN_NAME.fullmatch(value) or ".." in value:
+            raise ValueError(f"{value!r} is not a plain name: use up to 100 letters, digits, '.', '_' and '-', "
+                             "starting with a letter or digit (it names the run folder inside output.dir)")
+        return value
 
     @model_validator(mode="after")
     def _compatible(self) -> "ExperimentConfig":
@@ -334,14 +352,30 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None) ->
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        tree = yaml.load(path.read_text(), Loader=_StrictLoader)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if tree is None:
+        raise ConfigError(f"{path}: the file is empty; write the fields to change (e.g. rounds: 5), or omit the "
+                          "config to run the embedded default")
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of fields, got {type(tree).__name__}")
     for key, value in parse_overrides(overrides or []):
         set_path(tree, key, value)
     return config_from_dict(tree, source=str(path))
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.YAMLError(f"duplicate key {key!r} on line {key_node.start_mark.line + 1}; keep one of them")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
@@ -353,3 +387,49 @@ def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
 
 def config_to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+# What `--resume DIR --set ...` may change: fields that cannot change the rounds already
+# run, only how many more there are and where and how they run.
+RESUMABLE_FIELDS = ("rounds", "stop_on_divergence", "output.progress", "backend", "metrics")
+
+
+def _is_resumable(key: str) -> bool:
+    return any(key == f or key.startswith(f + ".") for f in RESUMABLE_FIELDS)
+
+
+def config_identity(cfg: ExperimentConfig) -> dict:
+    """The resolved config without the resumable fields: what a checkpoint must match."""
+    tree = cfg.model_dump(mode="json")
+    for field in RESUMABLE_FIELDS:
+        *parents, leaf = field.split(".")
+        node = tree
+        for part in parents:
+            node = node[part]
+        node.pop(leaf)
+    return tree
+
+
+def identity_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two identities differ."""
+    out = []
+    for key in sorted(saved.keys() | current.keys()):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += identity_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(prefix + key)
+    return out
+
+
+def resume_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """`cfg` with `--set` overrides on a resumed run; only the resumable fields may change."""
+    pairs = parse_overrides(overrides)
+    fixed = [k for k, _ in pairs if not _is_resumable(k)]
+    if fixed:
+        raise ConfigError(f"--resume: --set {', '.join(fixed)} would change the rounds already run; a resumed run "
+                          f"may only set {', '.join(RESUMABLE_FIELDS)} (e.g. --set rounds=60 to extend it)")
+    tree = cfg.model_dump(mode="json")
+    for key, value in pairs:
+        set_path(tree, key, value)
+    return config_from_dict(tree, source="--resume --set")

@@ -10,11 +10,19 @@ from pathlib import Path
 import torch
 
 from raysim.algorithms import ALGORITHMS, build_algorithm
-from raysim.config import ConfigError, ExperimentConfig, config_to_yaml, load_config
+from raysim.config import (
+    RESUMABLE_FIELDS,
+    ConfigError,
+    ExperimentConfig,
+    config_identity,
+    config_to_yaml,
+    identity_differences,
+    load_config,
+)
 from raysim.data.federated import FederatedDataset
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
-from raysim.engine.api import FederatedAlgorithm
+from raysim.engine.api import FederatedAlgorithm, ServerState
 from raysim.engine.backend import Backend, InProcessBackend, worker_threads
 from raysim.engine.clock import ClockPredictor
 from raysim.engine.loop import Callback, Evaluator, RoundLoop
@@ -23,11 +31,12 @@ from raysim.engine.sampling import cohort_size
 from raysim.engine.seeds import derive_seed
 from raysim.models import build_model
 from raysim.registry import import_object, is_import_path, local_packages, preload, top_package
-from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
-from raysim.results.failure_log import FailureLog
+from raysim.results.checkpoint import CHECKPOINT_DIR, Checkpointer, checkpoint_stems, newest_intact
+from raysim.results.failure_log import FAILURES_FILE, FailureLog
+from raysim.results.health import DivergenceStop
 from raysim.results.progress import ProgressBar
-from raysim.results.round_log import RoundLog, read_rounds
-from raysim.results.run_dir import create_run_dir, write_atomic
+from raysim.results.round_log import ROUNDS_FILE, RoundLog, read_rounds
+from raysim.results.run_dir import LOCK_FILE, create_run_dir, run_lock, write_atomic
 from raysim.results.summary import summarize, write_summary
 from raysim.telemetry.prometheus import PrometheusExporter
 
@@ -117,31 +126,85 @@ def backend_session(cfg: ExperimentConfig):
 def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
             callbacks: Sequence[Callback] = ()) -> dict:
     """Run (or continue) the experiment in `run_dir` and return its summary. `callbacks`
-    run after the built-in ones (round log, failures, checkpoints) and may stop the run."""
-    dataset = load_federated_dataset(cfg.data, cfg.seed)  # a data error fails before Ray starts
-    with backend_session(cfg):
-        return _execute(cfg, dataset, run_dir, resume, progress, list(callbacks))
+    run after the built-in ones (round log, failures, checkpoints) and may stop the run.
+    One process at a time works in a folder; a new run that fails before its first round
+    leaves no folder behind."""
+    with run_lock(run_dir):
+        try:
+            # Data, population, model and algorithm first: their errors come before Ray starts.
+            dataset = load_federated_dataset(cfg.data, cfg.seed)
+            cohort = cohort_size(cfg.clients.per_round, dataset.num_clients)
+            population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
+            runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
+            with backend_session(cfg):
+                return _execute(cfg, runner, cohort, run_dir, resume, progress, list(callbacks))
+        except BaseException:
+            if not resume:
+                discard_unstarted(run_dir)
+            raise
 
 
-def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, resume: bool,
+def discard_unstarted(run_dir: Path) -> bool:
+    """Remove a run folder no round was logged in (only the files a run writes: anything
+    else in it is left, with the folder). Returns whether the folder is gone."""
+    if (run_dir / ROUNDS_FILE).exists():
+        return False
+    for name in (CONFIG_FILE, FAILURES_FILE, LOCK_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for stem in checkpoint_stems(run_dir):
+        stem.with_suffix(".json").unlink(missing_ok=True)
+        stem.with_suffix(".safetensors").unlink(missing_ok=True)
+    for folder in (run_dir / CHECKPOINT_DIR, run_dir):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    return not run_dir.exists()
+
+
+def resume_state(cfg: ExperimentConfig, run_dir: Path, algorithm: FederatedAlgorithm,
+                 factory: ModelFactory) -> ServerState:
+    """The newest intact checkpoint, checked against the config and the model before any
+    work: a damaged newer checkpoint is passed over with a warning; a config that differs
+    from the checkpoint's, an architecture that does not fit, or a finished run is refused."""
+    found = newest_intact(run_dir)
+    if found is None:
+        raise ConfigError(f"--resume {run_dir}: no intact checkpoint in {run_dir / CHECKPOINT_DIR} to resume from")
+    state, identity, warnings = found
+    for w in warnings:
+        print(f"raysim: warning: {w}", file=sys.stderr)
+    changed = identity_differences(identity, config_identity(cfg))
+    if changed:
+        raise ConfigError(f"--resume {run_dir}: {CONFIG_FILE} differs from the config checkpoint round "
+                          f"{state.round} was made with, in {', '.join(changed)}; restore those fields, or start "
+                          f"a new run (a resume may change only {', '.join(RESUMABLE_FIELDS)})")
+    expected = {k: tuple(v.shape) for k, v in factory(algorithm.broadcast(state).arch).state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.weights.items()}
+    if expected != saved:
+        wrong = sorted(k for k in expected.keys() | saved.keys() if expected.get(k) != saved.get(k))
+        raise ConfigError(f"--resume {run_dir}: checkpoint round {state.round} does not fit the model "
+                          f"(tensors {', '.join(wrong[:5])}); it was made with another model or architecture")
+    if state.round >= cfg.rounds:
+        raise ConfigError(f"--resume {run_dir}: the run has finished its {state.round} rounds; to extend it: "
+                          f"raysim run --resume {run_dir} --set rounds=N with N > {state.round}")
+    return state
+
+
+def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: Path, resume: bool,
              progress: bool | None, user_callbacks: list[Callback]) -> dict:
-    population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
     algorithm, factory = runner.algorithm, runner.model_factory
+    dataset, population = runner.dataset, runner.population
 
     rows: list[dict] = []
     state = algorithm.init_state(factory(None).state_dict())
     if resume:
-        stem = latest_checkpoint(run_dir)
-        if stem is None:
-            raise ConfigError(f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'} to resume from")
-        state = load_checkpoint(stem)
+        state = resume_state(cfg, run_dir, algorithm, factory)
         rows = [r for r in read_rounds(run_dir) if r["round"] <= state.round]
+        write_atomic(run_dir / CONFIG_FILE, config_to_yaml(cfg).encode())  # a longer run keeps its new length
 
     show = cfg.output.progress if progress is None else progress
-    callbacks: list[Callback] = [RoundLog(run_dir, rows), FailureLog(run_dir),
-                                 Checkpointer(run_dir, cfg.output.checkpoint_every, cfg.rounds)]
-    round_log = callbacks[0]
+    round_log = RoundLog(run_dir, rows)
+    stop = DivergenceStop()
+    callbacks: list[Callback] = [round_log, FailureLog(run_dir, state.round if resume else None),
+                                 Checkpointer(run_dir, cfg.output.checkpoint_every, cfg.rounds, config_identity(cfg))]
     if show:
         callbacks.append(ProgressBar(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]"))
     exporter = None
@@ -149,6 +212,8 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
                                       population=len(population))
         callbacks.append(exporter)
+    if cfg.stop_on_divergence:
+        callbacks.append(stop)
     callbacks += user_callbacks
     backend: Backend | None = None
     try:
@@ -156,7 +221,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
                               max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
         loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
-                         cohort=cohort_size(cfg.clients.per_round, dataset.num_clients), eval_every=cfg.eval.every,
+                         cohort=cohort, eval_every=cfg.eval.every,
                          deadline_s=cfg.devices.deadline_s, use_availability=cfg.devices.use_availability,
                          clock=ClockPredictor(dataset, population, factory), overcommit=cfg.devices.overcommit)
         loop.run(state)
@@ -165,7 +230,12 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
             exporter.close()
         if backend is not None:
             backend.close()
-    summary = summarize(round_log.rows, run_dir, algorithm.name)
+    stopped = None
+    if stop.stopped_at is not None:
+        stopped = f"diverged at round {stop.stopped_at} (stop_on_divergence)"
+    elif round_log.rows and round_log.rows[-1]["round"] < cfg.rounds:
+        stopped = f"a callback stopped the run after round {round_log.rows[-1]['round']}"
+    summary = summarize(round_log.rows, run_dir, algorithm.name, stopped)
     write_summary(summary, run_dir)
     return summary
 

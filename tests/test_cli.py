@@ -44,15 +44,23 @@ def test_missing_dataset_names_path_and_how_to_get_it(tmp_path, capsys):
     assert rc == 2 and str(tmp_path / "nowhere") in err and "IDX" in err
 
 
-def test_resume_a_finished_run_and_refuse_mixed_flags(tmp_path, capsys):
+def test_resume_extends_a_finished_run_and_refuses_what_would_change_the_past(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["run", "--set", "rounds=2", "--set", "data.num_clients=8", "--set", "clients.per_round=2",
                  "--out", str(out), "--no-progress"]) == 0
     run = _only_run(out)
     before = pq.read_table(run / "rounds.parquet").to_pylist()
-    assert main(["run", "--resume", str(run), "--no-progress"]) == 0
-    assert pq.read_table(run / "rounds.parquet").to_pylist() == before  # nothing left to do, nothing rewritten
-    assert main(["run", "--resume", str(run), "--set", "rounds=3"]) == 2
+    capsys.readouterr()
+    assert main(["run", "--resume", str(run), "--no-progress"]) == 2  # finished: nothing to do
+    assert "finished its 2 rounds" in capsys.readouterr().err
+    assert pq.read_table(run / "rounds.parquet").to_pylist() == before  # nothing rewritten
+    assert main(["run", "--resume", str(run), "--set", "model.name=mlp"]) == 2
+    assert "would change the rounds already run" in capsys.readouterr().err
+    assert main(["run", "--resume", str(run), "--set", "rounds=3", "--no-progress"]) == 0  # extended
+    after = pq.read_table(run / "rounds.parquet").to_pylist()
+    assert [r["round"] for r in after] == [1, 2, 3] and after[:2] == before
+    assert "rounds: 3" in (run / "config.yaml").read_text()
+    assert json.loads((run / "summary.json").read_text())["rounds"] == 3
     assert main(["run", "--resume", str(tmp_path)]) == 2
     assert "not a run folder" in capsys.readouterr().err
 
@@ -67,8 +75,7 @@ def test_an_address_where_no_ray_cluster_answers_fails_at_once_naming_it(tmp_pat
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert f"backend.address=127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
-    (run,) = list(tmp_path.iterdir())
-    assert not (run / "rounds.parquet").exists()  # nothing ran; the run folder keeps the resolved config
+    assert list(tmp_path.iterdir()) == []  # nothing ran: no run folder is left behind
 
 
 def test_plugins_lists_every_registry_from_the_registries(capsys):

@@ -168,3 +168,35 @@ def test_natural_validates_arguments():
         natural(np.array([], dtype=np.int64))
     with pytest.raises(ValueError, match="max_clients"):
         natural(np.array([0, 1]), max_clients=0)
+
+
+# --- What a user sees when a split cannot be made, or a plug-in breaks the contract --------
+
+def overlapping_split(labels, users, num_clients, spec, rng):
+    return [np.arange(0, 10), np.arange(5, 15)]
+
+
+def out_of_range_split(labels, users, num_clients, spec, rng):
+    return [np.array([0, len(labels)])]
+
+
+def float_split(labels, users, num_clients, spec, rng):
+    return [np.array([0.5, 1.0])]
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["data.partition.scheme=classes", "data.partition.classes_per_client=50"], "k=50 classes per client"),
+    (["data.partition.scheme=iid", "data.max_train_samples=20"], "num_clients=30 exceeds the 20 training rows"),
+    (["data.partition.scheme=test_partition:overlapping_split"], "more than one client"),
+    (["data.partition.scheme=test_partition:out_of_range_split"], "must lie in [0,"),
+    (["data.partition.scheme=test_partition:float_split"], "integer row indices"),
+])
+def test_a_split_that_cannot_be_made_is_one_message_naming_the_partition(tmp_path, capsys, settings, message):
+    from raysim.cli import main
+
+    args = [a for s in settings for a in ("--set", s)]
+    rc = main(["run", "--set", "data.num_clients=30", "--set", "data.partition.scheme=iid", *args,
+               "--set", "backend.name=inprocess", "--no-progress", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "data.partition" in err and message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []  # failed before the first round: no run folder left

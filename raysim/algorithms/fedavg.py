@@ -30,9 +30,9 @@ from raysim.engine.training import local_train
 
 
 class AlgorithmParams(BaseModel):
-    """Base of an algorithm's `Params`: unknown fields are refused, values are frozen."""
+    """Base of an algorithm's `Params`: unknown fields and non-finite numbers are refused, values are frozen."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FedAvg(FederatedAlgorithm):
@@ -76,15 +76,15 @@ class FedAvg(FederatedAlgorithm):
         return self._train_and_upload(model, data, task, broadcast)
 
     def _train_and_upload(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast,
-                          extra_loss=None, own_masks: Tensors | None = None) -> ClientUpdate:
-        """Local training (with the subclass's loss term, if any) and the masked upload of the
-        change. With `own_masks` (a mask the client chose itself) the client trains under it and
-        sends it along, since the server does not know it; else it uses the broadcast's."""
+                          extra_loss=None, after_step=None, own_masks: Tensors | None = None) -> ClientUpdate:
+        """Local training (with the subclass's hooks, if any: see local_train) and the masked
+        upload of the change. With `own_masks` (a mask the client chose itself) the client trains
+        under it and sends it along, since the server does not know it; else it uses the broadcast's."""
         c = self.cfg.clients
         masks = broadcast.masks if own_masks is None else own_masks
         result = local_train(
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
-            seed=task.seed, masks=masks, extra_loss=extra_loss,
+            seed=task.seed, masks=masks, extra_loss=extra_loss, after_step=after_step,
         )
         trained = model.state_dict()
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}

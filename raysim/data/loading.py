@@ -156,7 +156,34 @@ PARTITIONERS.register("natural", lambda labels, users, n, spec, rng: partition.n
 def _partition(
     cfg: DataConfig, train: ArrayDataset, users: np.ndarray | None, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    return PARTITIONERS.get(cfg.partition.scheme)(train.y, users, cfg.num_clients, cfg.partition, rng)
+    scheme = cfg.partition.scheme
+    try:
+        parts = PARTITIONERS.get(scheme)(train.y, users, cfg.num_clients, cfg.partition, rng)
+    except ValueError as exc:  # a split the data cannot give (too few rows, more classes than labels)
+        raise ConfigError(f"data.partition (scheme={scheme}, data.num_clients={cfg.num_clients}, "
+                          f"{len(train)} training rows): {exc}") from None
+    return _checked_parts(parts, len(train), scheme)
+
+
+def _checked_parts(parts, n_rows: int, scheme: str) -> list[np.ndarray]:
+    """A partitioner's output, checked against its contract: a non-empty list of integer
+    row-index arrays, each row of the training set given to at most one client."""
+    where = f"data.partition.scheme={scheme!r}"
+    if not isinstance(parts, (list, tuple)) or not parts:
+        raise ConfigError(f"{where} returned {type(parts).__name__}; a partitioner returns a non-empty list of "
+                          "row-index arrays, one per client")
+    out = [np.asarray(p) for p in parts]
+    bad = next((i for i, p in enumerate(out) if p.ndim != 1 or (p.size and not np.issubdtype(p.dtype, np.integer))),
+               None)
+    if bad is not None:
+        raise ConfigError(f"{where}: client {bad}'s rows are {out[bad].dtype} of shape {out[bad].shape}, not a 1-D "
+                          "array of integer row indices")
+    rows = np.concatenate(out).astype(np.int64, copy=False) if out else np.zeros(0, np.int64)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
+        raise ConfigError(f"{where}: row indices must lie in [0, {n_rows}), got {rows.min()} to {rows.max()}")
+    if np.unique(rows).size != rows.size:
+        raise ConfigError(f"{where}: some rows are given to more than one client; each row may belong to one only")
+    return [p.astype(np.int64, copy=False) for p in out]
 
 
 def _drop_unassigned(train: ArrayDataset, parts: list[np.ndarray]) -> tuple[ArrayDataset, list[np.ndarray]]:

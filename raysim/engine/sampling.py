@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from raysim.config import ConfigError
 from raysim.engine.seeds import rng_for
 
 
@@ -11,7 +12,8 @@ def cohort_size(per_round: float, population: int) -> int:
     """`per_round` >= 1 is a count, < 1 a fraction of the population (at least one client)."""
     count = int(per_round) if per_round >= 1 else max(1, int(round(per_round * population)))
     if count > population:
-        raise ValueError(f"clients.per_round={per_round:g} asks for {count} clients but the population has {population}")
+        raise ConfigError(f"clients.per_round={per_round:g} asks for {count} clients but the population has "
+                          f"{population}: lower it, give a fraction in (0, 1), or raise data.num_clients")
     return count
 
 

@@ -51,11 +51,16 @@ def local_train(
     masks: Tensors | None = None,
     patience: int | None = None,
     extra_loss: Callable[[nn.Module], torch.Tensor] | None = None,
+    after_step: Callable[[nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train in place. Masked entries get zero gradient and are re-zeroed after every
     step (Adam's moment estimates would otherwise move them). With `patience`, stop
-    once the epoch-mean loss has not improved for that many epochs. `extra_loss(model)`
-    is added to each batch's loss before the backward pass."""
+    once the epoch-mean loss has not improved for that many epochs.
+
+    The algorithm's hooks: `extra_loss(model)` is added to each batch's loss before the
+    backward pass (FedProx's proximal term); `after_step(model)` runs after every optimizer
+    step and the mask enforcement, under torch.no_grad (a projection, a clamp, a
+    client-chosen mask)."""
     gen = torch.Generator().manual_seed(seed)
     opt = make_optimizer(model.parameters(), optimizer, lr)
     pairs = _param_masks(model, masks or {})
@@ -79,6 +84,8 @@ def local_train(
             with torch.no_grad():
                 for param, mask in pairs:
                     param.mul_(mask)
+                if after_step is not None:
+                    after_step(model)
             total += loss.item() * len(idx)
             examples += len(idx)
         losses.append(total / max(n, 1))

@@ -7,8 +7,10 @@ import statistics
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from raysim.results.health import divergence_warnings
 from raysim.results.run_dir import write_atomic
 
 MEASURED = {
@@ -27,7 +29,8 @@ def _evaluated(rows: list[dict], key: str) -> list[float]:
     return [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
 
 
-def summarize(rows: list[dict], run_dir: Path, algorithm: str) -> dict:
+def summarize(rows: list[dict], run_dir: Path, algorithm: str, stopped: str | None = None) -> dict:
+    """`stopped`: why the run ended before its last round, if it did."""
     acc = _evaluated(rows, "accuracy")
     last3 = acc[-3:]
     wall = sum(r["wall_time_s"] for r in rows)
@@ -47,6 +50,8 @@ def summarize(rows: list[dict], run_dir: Path, algorithm: str) -> dict:
         "final_client_accuracy": (_evaluated(rows, "client_accuracy") or [None])[-1],
         "client_updates_per_s": done / wall if wall > 0 else None,
         "totals": totals,
+        "warnings": divergence_warnings(rows),
+        "stopped_early": stopped,
         "how_measured": MEASURED,
     }
 
@@ -78,4 +83,12 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("wall time (rounds)", f"{t['wall_time_s']:.1f} s")
     ups = summary["client_updates_per_s"]
     table.add_row("client updates per second", "n/a" if ups is None else f"{ups:.1f}")
-    (console or Console()).print(table)
+    console = console or Console()
+    console.print(table)
+    warnings = summary.get("warnings") or []
+    for w in warnings[:5]:
+        console.print(f"[bold yellow]warning:[/] diverged at {escape(w)}")
+    if len(warnings) > 5:
+        console.print(f"[bold yellow]warning:[/] ... {len(warnings) - 5} more diverged rounds (summary.json)")
+    if summary.get("stopped_early"):
+        console.print(f"[bold]stopped early:[/] {escape(summary['stopped_early'])}")
