@@ -3,11 +3,18 @@
 A pickle can name any importable callable and run it while loading, so the
 batches go through an Unpickler that resolves only the few globals a numpy
 array needs; anything else (os.system, eval, ...) is refused with a DataError.
+
+Memory is bounded before and while parsing: a batch file over MAX_CIFAR_BATCH_BYTES
+is refused before it is read, an array the pickle declares may not hold more bytes
+than the file itself (numpy's _reconstruct allocates whatever shape it is given, so a
+few bytes could otherwise ask for terabytes), and bytes are rebuilt only from latin-1
+text (the one codec real batches use, which never grows its input).
 """
 from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +45,10 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("_codecs", "encode"): codecs.encode,
 }
 
+# CIFAR-100's training pickle, the largest batch, is about 160 MB (50,000 images of
+# 3,072 bytes plus labels and file names); three times that leaves room.
+MAX_CIFAR_BATCH_BYTES = 512 * 2**20
+
 _LAYOUT = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
@@ -62,6 +73,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data), encoding="latin1")
         self._path = path
         self._fmt = fmt
+        self._max_array_bytes = len(data)
 
     def find_class(self, module: str, name: str) -> Any:
         allowed = _ALLOWED_GLOBALS.get((module, name))
@@ -70,12 +82,42 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 self._path, f"refusing to load {module}.{name}: a CIFAR batch holds only numpy arrays, lists and "
                 "dicts (the file is corrupt, not a CIFAR batch, or malicious)"
             )
+        if allowed is _reconstruct:
+            return self._bounded_reconstruct
+        if allowed is codecs.encode:
+            return self._latin1_encode
         return allowed
+
+    def _bounded_reconstruct(self, subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+        """numpy's _reconstruct, refusing a shape whose bytes the file could not fill (real
+        pickles pass shape (0,) and fill the array from the file's bytes afterwards)."""
+        try:
+            nbytes = math.prod(int(n) for n in np.atleast_1d(shape)) * np.dtype(dtype).itemsize
+        except (TypeError, ValueError):
+            nbytes = None
+        if nbytes is None or nbytes > self._max_array_bytes:
+            raise self._fmt.error(
+                self._path, f"the pickle declares an array of shape {shape!r} and dtype {dtype!r}, larger than the "
+                f"{self._max_array_bytes:,}-byte file could fill (corrupt or malicious)"
+            )
+        return _reconstruct(subtype, shape, dtype)
+
+    def _latin1_encode(self, text: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        if codecs.lookup(encoding).name != "iso8859-1":
+            raise self._fmt.error(self._path, f"refusing _codecs.encode with codec {encoding!r}: CIFAR batches "
+                                  "rebuild bytes only from latin-1 text (corrupt or malicious)")
+        return codecs.encode(text, encoding, errors)
 
 
 def load_pickle_batch(path: Path, fmt: DataFormat) -> dict[str, Any]:
-    """One batch as a dict with str keys (the Python 2 originals and re-pickled copies differ)."""
+    """One batch as a dict with str keys (the Python 2 originals and re-pickled copies differ).
+
+    Files over MAX_CIFAR_BATCH_BYTES are refused before they are read."""
     try:
+        size = path.stat().st_size
+        if size > MAX_CIFAR_BATCH_BYTES:
+            raise fmt.error(path, f"{size:,} bytes, over the limit of {MAX_CIFAR_BATCH_BYTES:,} for one batch "
+                            "(MAX_CIFAR_BATCH_BYTES; about three times CIFAR-100's training pickle): not a CIFAR batch")
         data = path.read_bytes()
     except OSError as exc:
         raise fmt.error(path, f"cannot read: {exc.strerror or exc}") from None

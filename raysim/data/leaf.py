@@ -5,6 +5,13 @@ Layout: `<root>/train/*.json` and `<root>/test/*.json` (or the same under
 "user_data": {user: {"x": [...], "y": [...]}}}. Users are numbered in order of
 first appearance in the train files (sorted by file name); every test row goes
 to the global test set.
+
+Memory is bounded before parsing: a file over MAX_LEAF_FILE_BYTES is refused before it
+is read, and one whose parsed JSON could take more than MAX_LEAF_PARSED_BYTES is refused
+before json.loads. That bound comes from counting the file's brackets, separators and
+quotes (parsed JSON costs Python objects per value: a 3-byte `[],` becomes a 64-byte
+list, so the file size alone bounds nothing); measured, it is 1.4 to 2.7 times what
+parsing really takes. A file whose num_samples disagree with its rows is refused.
 """
 from __future__ import annotations
 
@@ -28,6 +35,15 @@ OOV_INDEX = len(SHAKESPEARE_VOCABULARY)
 SHAKESPEARE_SEQUENCE_LENGTH = 80
 FEMNIST_SIDE = 28
 LEAF_CLASSES = {"femnist": 62, "shakespeare": len(SHAKESPEARE_VOCABULARY) + 1}
+
+# LEAF's largest output, all of Shakespeare in one train file, is a few hundred MB
+# (4.2 M samples of 80 characters); FEMNIST's files hold at most 100 writers each.
+MAX_LEAF_FILE_BYTES = 2**30
+MAX_LEAF_PARSED_BYTES = 4 * 2**30
+# CPython 3.11 object costs (64-bit), rounded up, for _parsed_bytes_bound.
+_CONTAINER_BYTES = 80  # an empty list or dict and its slot in the parent
+_VALUE_BYTES = 48  # a number (float 24, int 28+) and its list slot with over-allocation, or a dict entry
+_STRING_BYTES = 64  # a str object's header and its slot
 
 _CHAR_TABLE = np.full(128, OOV_INDEX, dtype=np.int64)
 _CHAR_TABLE[[ord(c) for c in SHAKESPEARE_VOCABULARY]] = np.arange(len(SHAKESPEARE_VOCABULARY))
@@ -89,37 +105,78 @@ def _user_records(
         raise fmt.error(folder, "no *.json files")
     found_rows = False
     for path in paths:
-        for user, record in _read_users(path, fmt):
-            x, y = _convert(path, user, record, dataset, fmt)
+        for user, record, declared in _read_users(path, fmt):
+            x, y = _convert(path, user, record, declared, dataset, fmt)
             found_rows = found_rows or len(y) > 0
             yield user, x, y
     if not found_rows:
         raise fmt.error(folder, "the JSON files hold no samples")
 
 
-def _read_users(path: Path, fmt: DataFormat) -> list[tuple[str, Any]]:
-    try:
-        tree = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise fmt.error(path, f"cannot read: {exc.strerror or exc}") from None
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise fmt.error(path, f"not valid JSON ({exc})") from None
+def _read_users(path: Path, fmt: DataFormat) -> list[tuple[str, Any, Any]]:
+    """(user, record, declared row count or None) for each listed user of one file."""
+    tree = _parse_bounded(path, fmt)
     if not (isinstance(tree, dict) and isinstance(tree.get("users"), list) and isinstance(tree.get("user_data"), dict)):
         raise fmt.error(path, "expected an object with a 'users' list and a 'user_data' object")
-    missing = [u for u in tree["users"] if u not in tree["user_data"]]
+    users = tree["users"]
+    missing = [u for u in users if u not in tree["user_data"]]
     if missing:
         raise fmt.error(path, f"users {missing[:3]} are listed but have no user_data")
-    return [(str(u), tree["user_data"][u]) for u in tree["users"]]
+    declared = tree.get("num_samples")
+    if declared is None:
+        declared = [None] * len(users)
+    elif not isinstance(declared, list) or len(declared) != len(users):
+        raise fmt.error(path, f"num_samples must list one count per user ({len(users)} users)")
+    return [(str(u), tree["user_data"][u], n) for u, n in zip(users, declared)]
+
+
+def _parse_bounded(path: Path, fmt: DataFormat) -> Any:
+    """json.loads of the file, refused before reading or parsing when over the limits."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_LEAF_FILE_BYTES:
+            raise fmt.error(path, f"{size:,} bytes, over the limit of {MAX_LEAF_FILE_BYTES:,} for one LEAF file "
+                            "(MAX_LEAF_FILE_BYTES; LEAF writes files of a few hundred MB at most)")
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise fmt.error(path, f"cannot read: {exc.strerror or exc}") from None
+    bound = _parsed_bytes_bound(raw)
+    if bound > MAX_LEAF_PARSED_BYTES:
+        raise fmt.error(path, f"parsing could take up to {bound:,} bytes of memory (estimated from the file's "
+                        f"brackets, separators and quotes), over the limit of {MAX_LEAF_PARSED_BYTES:,} "
+                        "(MAX_LEAF_PARSED_BYTES): split the file or check that it is LEAF data")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise fmt.error(path, f"not valid JSON ({exc})") from None
+    except RecursionError:
+        raise fmt.error(path, "not valid LEAF JSON (nested too deeply)") from None
+
+
+def _parsed_bytes_bound(raw: bytes) -> int:
+    """An upper bound on the memory json.loads(raw) takes, from byte counts alone (fast C loops).
+
+    Every container costs a container and one value, every ',' or ':' one more value,
+    every pair of quotes a str; the decoded text and the strings' contents each cost at most
+    the file's bytes, four times over if any character is outside ASCII (UCS-4 strings).
+    Quotes, commas and brackets inside strings only overcount."""
+    containers = raw.count(b"[") + raw.count(b"{")
+    values = containers + raw.count(b",") + raw.count(b":")
+    strings = raw.count(b'"') // 2
+    text = len(raw) * (1 if raw.isascii() else 4)
+    return 2 * text + _CONTAINER_BYTES * containers + _VALUE_BYTES * values + _STRING_BYTES * strings
 
 
 def _convert(
-    path: Path, user: str, record: Any, dataset: LeafDataset, fmt: DataFormat
+    path: Path, user: str, record: Any, declared: Any, dataset: LeafDataset, fmt: DataFormat
 ) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(record, dict) or not isinstance(record.get("x"), list) or not isinstance(record.get("y"), list):
         raise fmt.error(path, f"user {user!r}: expected {{'x': [...], 'y': [...]}}")
     xs, ys = record["x"], record["y"]
     if len(xs) != len(ys):
         raise fmt.error(path, f"user {user!r}: {len(xs)} x rows but {len(ys)} labels")
+    if declared is not None and declared != len(ys):
+        raise fmt.error(path, f"user {user!r}: num_samples declares {declared!r} rows but the file holds {len(ys)}")
     if dataset == "femnist":
         return _femnist_rows(path, user, xs, ys, fmt)
     return _shakespeare_rows(path, user, xs, ys, fmt)

@@ -18,6 +18,12 @@ from raysim.data.cifar import load_cifar, num_cifar_classes
 from raysim.data.federated import ArrayDataset, FederatedDataset
 from raysim.data.idx import load_idx_dataset, num_idx_classes
 from raysim.data.leaf import load_leaf
+from raysim.data.population_memory import (
+    available_memory_bytes,
+    check_population,
+    estimate_partition,
+    estimate_synthetic,
+)
 from raysim.data.synthetic import generate_synthetic
 from raysim.engine.seeds import rng_for
 from raysim.registry import Registry
@@ -42,7 +48,10 @@ DATASETS = Registry("dataset", "data.dataset")
 CentralData`, with `x` float32 (N, *input_shape) or int64 token ids, `y` int64 labels in
 [0, num_classes). `rng` is the run seed's data stream, for datasets that are generated.
 Registered with `inputs` (its input kind: "vector", "image" or "sequence") and `has_users`
-so that configs that cannot work are refused before any work."""
+so that configs that cannot work are refused before any work. A generated dataset may register
+`estimate`: `(cfg) -> raysim.data.population_memory.PopulationEstimate`, so a population that
+cannot fit in memory is refused before it is generated (every dataset is checked again once
+loaded, before partitioning)."""
 
 
 def _root(cfg: DataConfig) -> Path:
@@ -69,7 +78,7 @@ def _leaf(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
     return CentralData(data.train, data.test, data.num_classes, data.train_users)
 
 
-DATASETS.register("synthetic", _synthetic, inputs="vector", has_users=True)
+DATASETS.register("synthetic", _synthetic, inputs="vector", has_users=True, estimate=estimate_synthetic)
 for _name in ("mnist", "fashion_mnist", "emnist"):
     DATASETS.register(_name, _idx, inputs="image", has_users=False)
 for _name in ("cifar10", "cifar100"):
@@ -98,8 +107,10 @@ def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset:
     # Known before any file is read for registered datasets; after loading for import-path ones.
     if DATASETS.info(cfg.dataset).get("has_users") is False:
         _check_users(cfg, None)
+    _check_generated_size(cfg)
     central = _load_central(cfg, generate_rng)
     _check_users(cfg, central.train_users)
+    _check_partition_size(cfg, central)
     train, users = _subsample(central.train, central.train_users, cfg.max_train_samples, train_rng)
     test, _ = _subsample(central.test, None, cfg.max_test_samples, test_rng)
     parts = _partition(cfg, train, users, partition_rng)
@@ -116,6 +127,32 @@ def _check_users(cfg: DataConfig, users: np.ndarray | None) -> None:
             f"data.partition.scheme={cfg.partition.scheme!r} needs a dataset with users ({allowed}); "
             f"data.dataset is {cfg.dataset!r}: use iid, dirichlet or classes"
         )
+
+
+def _check_generated_size(cfg: DataConfig) -> None:
+    estimate = DATASETS.info(cfg.dataset).get("estimate")
+    if estimate is not None:
+        def for_clients(n: int):
+            return estimate(cfg.model_copy(update={"num_clients": n}))
+
+        check_population(estimate(cfg), available_memory_bytes(), for_clients, cfg.num_clients,
+                         f" with these data.{cfg.dataset} settings")
+
+
+def _check_partition_size(cfg: DataConfig, central: CentralData) -> None:
+    train_rows = len(central.train)
+    row_bytes = central.train.x.nbytes // max(train_rows, 1) + central.train.y.itemsize
+    clients = min(cfg.num_clients, max(train_rows, 1))  # a partitioner gives every client a row or fails
+    users = central.train_users
+    if PARTITIONERS.info(cfg.partition.scheme).get("needs_users") and users is not None and len(users):
+        # One client per user at most; users are numbered 0..U-1 by the built-in datasets,
+        # so their span is their count (and an upper bound on it for any plug-in).
+        clients = min(clients, int(users.max()) - int(users.min()) + 1)
+
+    def for_clients(n: int):
+        return estimate_partition(cfg, train_rows, row_bytes, n)
+
+    check_population(for_clients(clients), available_memory_bytes(), for_clients, cfg.num_clients)
 
 
 def _load_central(cfg: DataConfig, rng: np.random.Generator) -> CentralData:
