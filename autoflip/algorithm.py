@@ -173,7 +173,7 @@ class AutoFLIP(PrunedFedAvg):
             fresh[name] = out
         return fresh
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         previous = state_masks(state)
         if not (self.adaptive and self.unstructured) or "sq_dev" not in partial.stats:
             return state, self.metrics(state, previous)

@@ -25,7 +25,7 @@ class RandomPruning(PrunedFedAvg):
         gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "algorithm", 2))
         return with_masks(super().init_state(weights), random_mask(weights, per_layer, gen))
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         return state, self.metrics(state, state_masks(state))
 
 
@@ -42,7 +42,7 @@ class MagnitudePruning(PrunedFedAvg):
     def init_state(self, weights: Tensors) -> ServerState:
         return with_masks(super().init_state(weights), self._masks(weights, 0))
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         previous = state_masks(state)
         state = with_masks(state, self._masks(state.weights, state.round))
         return state, self.metrics(state, previous)
@@ -87,7 +87,7 @@ class HybridPruning(PrunedFedAvg):
         sparsity = sparsity_schedule(round_idx, p.sparsity, p.ramp_rounds)
         return unstructured_mask(self.weight_scores(state), sparsity, p.allocation, p.threshold)
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         previous = state_masks(state)
         state = with_masks(state, self._masks(state, state.round))
         return state, self.metrics(state, previous)

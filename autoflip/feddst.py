@@ -82,7 +82,7 @@ class FedDST(PrunedFedAvg):
             partial = replace(partial, stats=dict(partial.stats, delta=WeightedSum(total, delta.weight)))
         return super().aggregate(state, plan, partial)
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         previous = state_masks(state)
         if VOTE in partial.stats:
             votes = partial.stats[VOTE].total

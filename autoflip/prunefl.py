@@ -53,7 +53,7 @@ class PruneFL(PrunedFedAvg):
         return replace(update, contribution=dict(update.contribution, importance=importance),
                        upload_bytes=update.upload_bytes + len(payload))
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         previous = state_masks(state)
         if "importance" in partial.stats:  # a readjustment round (and not every client failed)
             p = self.pruning

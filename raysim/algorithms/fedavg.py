@@ -102,8 +102,9 @@ class FedAvg(FederatedAlgorithm):
             )
             state = ServerState(state.round, weights, buffers, state.meta)
         state = ServerState(state.round + 1, state.weights, state.buffers, state.meta)
-        return self.next_masks(state, partial)
+        return self.after_aggregate(state, partial)
 
-    def next_masks(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
-        """Pruning methods choose the mask for the next round here; FedAvg stays dense."""
+    def after_aggregate(self, state: ServerState, partial: Partial) -> tuple[ServerState, dict[str, float]]:
+        """A subclass's step after the server update, on the new state (pruning methods choose the
+        next round's mask here); returns the state and the round's metrics. FedAvg adds none."""
         return state, {}

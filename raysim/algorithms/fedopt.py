@@ -55,7 +55,7 @@ class FedOpt(FedAvg):
             weights[name] = state.weights[name] + eta * m[name] / (v[name].sqrt() + p.tau)
         state = ServerState(state.round + 1, weights, state.buffers, state.meta)
         state = state.with_group(FIRST, m).with_group(SECOND, v)
-        return self.next_masks(state, partial)
+        return self.after_aggregate(state, partial)
 
 
 class FedAdam(FedOpt):
