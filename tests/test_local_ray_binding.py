@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import psutil
 import pytest
 
+from ray_head import _free_ports
+
 
 @dataclass(frozen=True)
 class Listener:
@@ -82,6 +84,11 @@ def test_a_local_ray_run_listens_on_loopback_only(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
     # Token authentication stays on; a token of the test's own, so ~/.ray is not read.
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0")
+    # The autoscaler monitor's and the dashboard's own metrics servers have fixed default
+    # ports (44217, 44227); another Ray on this machine may hold those, and then they do
+    # not start at all. Free ports of this test's own, so they start and are checked too.
+    monitor_port, dashboard_metrics_port = _free_ports(2)
+    env.update(AUTOSCALER_METRIC_PORT=str(monitor_port), DASHBOARD_METRIC_PORT=str(dashboard_metrics_port))
     # metrics.enabled also starts Ray's dashboard (experiment.backend_session) and the
     # driver's exporter: every listener a local run can have.
     cmd = [sys.executable, "-m", "raysim.cli", "run", "--set", "backend.name=ray", "--set", "backend.num_workers=2",
@@ -109,6 +116,8 @@ def test_a_local_ray_run_listens_on_loopback_only(tmp_path):
     assert {"gcs_server", "raylet"} <= titles, f"saw {sorted(titles)}"
     workers = {x.pid for x in seen if x.process.startswith("ray::ClientWorker")}
     assert len(workers) == 2, f"want both worker actors' listeners, saw {sorted(titles)}"
+    ports = {x.port for x in seen}
+    assert {monitor_port, dashboard_metrics_port} <= ports, f"the monitor's and the dashboard's metrics servers: {sorted(seen)}"
 
     open_beyond_loopback = sorted((x.process, x.protocol, x.ip, x.port) for x in seen if not is_loopback(x.ip))
     assert not open_beyond_loopback, f"listening beyond loopback: {open_beyond_loopback}"
