@@ -327,7 +327,7 @@ def _ray_local_only_mode():
     workers and the driver: listen_to_localhost_only; the dashboard agent and the
     runtime-env agent bind the node IP). On Linux, Ray replaces a loopback node IP (even
     `_node_ip_address="127.0.0.1"`) with the machine's outward address, so everything
-    but the dashboard would listen on every interface. With ENABLE_RAY_CLUSTER off (its
+    but the dashboard would listen beyond loopback. With ENABLE_RAY_CLUSTER off (its
     default on macOS and Windows) Ray keeps the node IP on loopback instead. Read when
     the node starts, so it is switched back at once."""
     from ray._private import ray_constants
@@ -353,6 +353,7 @@ def _start_local_ray_on_loopback(dashboard: bool) -> None:
 
 
 def require_loopback_node_ip(node_ip: str) -> None:
+    """Raise unless `node_ip` is a loopback address."""
     if not ipaddress.ip_address(node_ip).is_loopback:
         raise RuntimeError(f"the local Ray instance took node IP {node_ip}, not loopback: its ports would be "
                            f"open on the network (Ray {ray.__version__}; see docs/network.md)")
