@@ -9,9 +9,10 @@ CEL rules (x-kubernetes-validations) are not evaluated here.
 
 Beyond the schema: the RayJob's entrypoint names a config that the image really
 contains, the GPU group's fractional GPUs pack consistently with the pod's GPUs and
-CPUs, token authentication is configured in every Ray container, no service is
-exposed outside the cluster, and the monitoring and network policy fit the ports the
-pods declare.
+CPUs, token authentication is configured in every Ray container (from a mounted
+Secret file), the image's user is the pods' user, no service is exposed outside the
+cluster, and the monitoring and network policy fit the ports the pods declare. Pod
+Security "restricted", service-account tokens and /dev/shm: tests/test_pod_security.py.
 """
 from __future__ import annotations
 
@@ -429,12 +430,27 @@ def test_fractional_gpus_pack_whole_workers_onto_the_gpu_pod(owner):
 # ---------------------------------------------------------------- security
 
 
-def test_token_auth_in_every_ray_container():
+TOKEN_ENV = {"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+
+
+def _pod_of(where: str) -> dict:
+    """The pod spec a container of `_ray_containers` belongs to."""
+    owner, name, _ = where.split(" ", 2)
+    if name == "submitter":
+        return _only("RayJob")["spec"]["submitterPodTemplate"]["spec"]
+    return dict(_groups(_cluster_specs()[owner]))[name]["template"]["spec"]
+
+
+def test_token_auth_in_every_ray_container_from_a_mounted_secret_file():
+    """Token mode everywhere, and the token reaches Ray as a file, never as a value in
+    the environment: RAY_AUTH_TOKEN is declared empty (so KubeRay's authOptions does
+    not add it from the Secret, and Ray skips it) and RAY_AUTH_TOKEN_PATH names the
+    Secret mounted read-only, readable by the pod's group and nobody else."""
     secrets = set()
     for owner, spec in _cluster_specs().items():
         auth = spec.get("authOptions", {})
         assert auth.get("mode") == "token", f"{owner}: authOptions.mode must be token"
-        assert auth.get("secretName"), f"{owner}: authOptions.secretName names the token Secret"
+        assert auth.get("secretName"), f"{owner}: authOptions.secretName names the token Secret (KubeRay reads it)"
         secrets.add(auth["secretName"])
     assert len(secrets) == 1, f"one token Secret for both manifests, got {secrets}"
     (secret,) = secrets
@@ -442,11 +458,38 @@ def test_token_auth_in_every_ray_container():
     for where, container in _ray_containers():
         env = {e["name"]: e for e in container.get("env", [])}
         assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", f"{where}: RAY_AUTH_MODE=token missing"
-        ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
-        assert ref == {"name": secret, "key": SECRET_KEY}, f"{where}: RAY_AUTH_TOKEN must come from Secret {secret} key {SECRET_KEY}, got {ref}"
-        assert "value" not in env["RAY_AUTH_TOKEN"], f"{where}: a literal token in a manifest"
+        assert env.get("RAY_AUTH_TOKEN") == {"name": "RAY_AUTH_TOKEN", "value": ""}, (
+            f"{where}: declare RAY_AUTH_TOKEN with an empty value, got {env.get('RAY_AUTH_TOKEN')}")
+        assert not any("valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in env.values()), (
+            f"{where}: a Secret in an environment variable")
+        assert not any("secretRef" in e for e in container.get("envFrom", [])), f"{where}: a Secret as envFrom"
+
+        token_path = PurePosixPath(env["RAY_AUTH_TOKEN_PATH"]["value"])
+        (mount,) = [m for m in container.get("volumeMounts", []) if PurePosixPath(m["mountPath"]) == token_path.parent]
+        assert mount.get("readOnly") is True, f"{where}: mount the token read-only"
+        pod = _pod_of(where)
+        (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+        source = volume.get("secret")
+        assert source and source["secretName"] == secret, f"{where}: {token_path} is not from Secret {secret}: {volume}"
+        assert {"key": SECRET_KEY, "path": token_path.name} in source.get("items", []), (
+            f"{where}: {token_path.name} must be the Secret's key {SECRET_KEY}")
+        mode = source.get("defaultMode", 0o644)
+        assert mode & 0o040 and not mode & 0o007, f"{where}: token file mode {mode:o}: group-readable, not world"
+        ctx = pod["securityContext"]
+        assert ctx.get("fsGroup") == ctx.get("runAsGroup"), f"{where}: fsGroup owns the file, runAsGroup must be it"
         checked += 1
     assert checked == 2 * 3 + 1, f"expected 7 Ray containers (2 x head + 2 groups, 1 submitter), checked {checked}"
+
+
+def test_the_image_runs_as_the_user_the_pods_declare():
+    """USER in cluster/Dockerfile is numeric (Kubernetes can only verify runAsNonRoot for
+    a numeric user) and is the pods' runAsUser:runAsGroup."""
+    (user,) = [rest for instr, rest in _dockerfile_instructions() if instr == "USER"][-1:]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and gid.isdigit() and int(uid) > 0 and int(gid) > 0, f"USER {user}: want numeric uid:gid, not root"
+    for where, _ in _ray_containers():
+        ctx = _pod_of(where)["securityContext"]
+        assert (ctx["runAsUser"], ctx["runAsGroup"]) == (int(uid), int(gid)), f"{where}: {ctx} vs USER {user}"
 
 
 def test_nothing_is_exposed_outside_the_cluster():
@@ -469,6 +512,7 @@ def test_nothing_is_exposed_outside_the_cluster():
 def test_network_policy_admits_only_raysim_pods_operator_and_prometheus():
     policy = _only("NetworkPolicy")
     selector = policy["spec"]["podSelector"]["matchLabels"]
+    namespace = policy["metadata"]["namespace"]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     # Every Ray pod (and the submitter) carries the label the policy selects.
     for owner, spec in _cluster_specs().items():
@@ -481,13 +525,23 @@ def test_network_policy_admits_only_raysim_pods_operator_and_prometheus():
     external_ports = {}
     for rule in policy["spec"]["ingress"]:
         assert rule.get("from"), "an ingress rule without `from` admits every source"
-        peers = rule["from"]
-        if peers == [{"podSelector": {"matchLabels": selector}}]:
-            continue  # raysim pods among themselves, any port
-        assert rule.get("ports"), f"a rule for {peers} admits every port"
-        for peer in peers:
-            app = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
-            external_ports.setdefault(app, set()).update(p["port"] for p in rule["ports"])
+        for peer in rule["from"]:
+            # A namespace and pods in it, in one peer: namespaces by the name label the API
+            # server sets (nobody can forge it), pods by labels. Two separate peers, or a pod
+            # selector alone, would admit pods that merely carry a label.
+            assert set(peer) == {"namespaceSelector", "podSelector"}, f"peer {peer}: want both selectors, together"
+            ns_labels = peer["namespaceSelector"].get("matchLabels", {})
+            assert list(ns_labels) == ["kubernetes.io/metadata.name"], f"peer {peer}: select the namespace by its name"
+            assert peer["podSelector"].get("matchLabels"), f"peer {peer}: an empty pod selector admits every pod"
+        (peer,) = rule["from"]
+        source_ns = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        if peer["podSelector"]["matchLabels"] == selector:
+            assert source_ns == namespace and "ports" not in rule  # raysim pods among themselves, any port
+            continue
+        assert source_ns != namespace, f"{peer}: the operator and Prometheus run in namespaces of their own"
+        assert rule.get("ports"), f"a rule for {peer} admits every port"
+        app = peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"]
+        external_ports.setdefault(app, set()).update(p["port"] for p in rule["ports"])
     assert external_ports == {"kuberay-operator": {8265}, "prometheus": {8080, 9400}}, external_ports
 
 

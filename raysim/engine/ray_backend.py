@@ -16,6 +16,7 @@ This is the only module that imports ray.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import time
@@ -319,13 +320,53 @@ def _check_reachable(address: str, source: str) -> None:
 
 
 @contextmanager
+def _ray_local_only_mode():
+    """Ray's local-only mode for the duration of a local ray.init.
+
+    A Ray server binds to loopback only when its node's IP is loopback (GCS, raylet,
+    workers and the driver: listen_to_localhost_only; the dashboard agent and the
+    runtime-env agent bind the node IP). On Linux, Ray replaces a loopback node IP (even
+    `_node_ip_address="127.0.0.1"`) with the machine's outward address, so everything
+    but the dashboard would listen beyond loopback. With ENABLE_RAY_CLUSTER off (its
+    default on macOS and Windows) Ray keeps the node IP on loopback instead. Read when
+    the node starts, so it is switched back at once."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _start_local_ray_on_loopback(dashboard: bool) -> None:
+    """A local Ray instance with every port on loopback (docs/network.md); refuses to run
+    on one that is not (a Ray upgrade that changes how the node IP is chosen)."""
+    with _ray_local_only_mode():
+        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING")
+    try:
+        require_loopback_node_ip(ray.util.get_node_ip_address())
+    except RuntimeError:
+        ray.shutdown()
+        raise
+
+
+def require_loopback_node_ip(node_ip: str) -> None:
+    """Raise unless `node_ip` is a loopback address."""
+    if not ipaddress.ip_address(node_ip).is_loopback:
+        raise RuntimeError(f"the local Ray instance took node IP {node_ip}, not loopback: its ports would be "
+                           f"open on the network (Ray {ray.__version__}; see docs/network.md)")
+
+
+@contextmanager
 def ray_session(cfg: BackendConfig, dashboard: bool = False):
     """Join the cluster the run should use for as long as the run lasts.
 
     An already initialised Ray (a test session, a notebook) is used as it is and left
     running. Otherwise `backend.address`, else $RAY_ADDRESS (set by `ray job submit`),
-    names a cluster to join; with neither, a local instance is started and stopped
-    (with its dashboard, on loopback, when `dashboard`)."""
+    names a cluster to join; with neither, a local instance is started and stopped,
+    every port of it on loopback (with its dashboard, also on loopback, when `dashboard`)."""
     if ray.is_initialized():
         yield
         return
@@ -339,7 +380,7 @@ def ray_session(cfg: BackendConfig, dashboard: bool = False):
             raise ConfigError(f"{source}={address}: cannot join a Ray cluster there "
                               f"({type(exc).__name__}: {exc})") from None
     else:
-        ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1", logging_level="WARNING")
+        _start_local_ray_on_loopback(dashboard)
     try:
         yield
     finally:
