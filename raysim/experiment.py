@@ -25,6 +25,7 @@ from raysim.models import build_model
 from raysim.registry import import_object, is_import_path, local_packages, preload, top_package
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from raysim.results.failure_log import FailureLog
+from raysim.results.plots import draw_run_plots
 from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
 from raysim.results.run_dir import create_run_dir, write_atomic
@@ -167,6 +168,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
             backend.close()
     summary = summarize(round_log.rows, run_dir, algorithm.name)
     write_summary(summary, run_dir)
+    draw_run_plots(run_dir, round_log.rows, f"{cfg.name} [{algorithm.name}]")
     return summary
 
 
