@@ -248,6 +248,31 @@ class MetricsConfig(_Section):
     pushgateway: str | None = Field(None, description="host:port of a Pushgateway to push the final values to")
 
 
+# tracking field -> the pip extra it needs and the modules that extra installs
+TRACKING_EXTRAS = {"tensorboard": ("tensorboard", ("tensorboard",)),
+                   "mlflow": ("mlflow", ("mlflow", "sqlalchemy", "alembic"))}
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking written under the run folder (raysim/results/tracking.py)."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard (extra: tensorboard)")
+    mlflow: bool = Field(False, description="an MLflow run in <run>/mlflow/mlflow.db, a SQLite store (extra: mlflow)")
+
+    @field_validator("tensorboard", "mlflow")
+    @classmethod
+    def _extra_installed(cls, on: bool, info) -> bool:
+        import importlib.util
+
+        extra, modules = TRACKING_EXTRAS[info.field_name]
+        missing = [m for m in modules if on and importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"needs the '{extra}' extra ({', '.join(missing)} not installed): pip install "
+                             f"'raysim[{extra}]' (in a checkout: .venv/bin/pip install -c constraints.txt -e "
+                             f"'.[{extra}]'), or set tracking.{info.field_name}: false")
+        return on
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
     seed: int = Field(0, ge=0)
@@ -262,6 +287,7 @@ class ExperimentConfig(_Section):
     output: OutputConfig = OutputConfig()
     backend: BackendConfig = BackendConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _compatible(self) -> "ExperimentConfig":

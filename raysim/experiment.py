@@ -30,6 +30,7 @@ from raysim.results.progress import ProgressBar
 from raysim.results.round_log import RoundLog, read_rounds
 from raysim.results.run_dir import create_run_dir, write_atomic
 from raysim.results.summary import summarize, write_summary
+from raysim.results.tracking import trackers
 from raysim.telemetry.prometheus import PrometheusExporter
 
 CONFIG_FILE = "config.yaml"
@@ -150,6 +151,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
                                       population=len(population))
         callbacks.append(exporter)
+    callbacks += trackers(cfg, run_dir, rows)
     callbacks += user_callbacks
     backend: Backend | None = None
     try:
