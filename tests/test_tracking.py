@@ -114,10 +114,11 @@ def test_mlflow_store_metric_history_equals_rounds_parquet(small_config):
     assert all(_same(history[k], expected[k]) for k in expected)
 
 
-def test_mlflow_resume_continues_the_same_run_without_duplicate_steps(small_config, monkeypatch):
+def test_mlflow_resume_continues_the_same_run_without_duplicate_steps(small_config, monkeypatch, tmp_path):
     pytest.importorskip("mlflow")
     pytest.importorskip("sqlalchemy")
-    cfg = small_config(rounds=4, output={"checkpoint_every": 2}, tracking={"mlflow": True})
+    monkeypatch.chdir(tmp_path)  # a relative output.dir, as `raysim run --out runs` gives
+    cfg = small_config(rounds=4, output={"checkpoint_every": 2, "dir": "runs"}, tracking={"mlflow": True})
     run_dir = _crash_then_resume(cfg, monkeypatch, crash_round=4)
     _, run, history = _mlflow(run_dir)  # one experiment, one run: the resumed run continued it
     expected = _columns(read_rounds(run_dir))

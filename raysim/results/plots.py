@@ -147,10 +147,12 @@ def _accuracy_by_cost(fig, runs, colors, title, key: str, unit: str, what: str) 
             ax.axvline(cost, color=color, linestyle="--", linewidth=1)
         elif cost:
             ax.axvspan(0, cost, color=color, alpha=0.12, linewidth=0, zorder=0)
-    if _explores(runs) and log:
-        ax.plot([], [], color="grey", linestyle="--", linewidth=1, label="exploration's cost")
-    elif _explores(runs):
-        ax.fill_between([], [], color="grey", alpha=0.25, label="exploration's cost")
+    exploring = [c for r, c in zip(runs, colors, strict=True) if r.explore.any()]
+    shade = exploring[0] if len(exploring) == 1 else "grey"  # the legend's swatch: the run's own colour if one
+    if exploring and log:
+        ax.plot([], [], color=shade, linestyle="--", linewidth=1, label="exploration's cost")
+    elif exploring:
+        ax.fill_between([], [], color=shade, alpha=0.12, label="exploration's cost")
     ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
     ax.set_xlabel(f"cumulative {what}" + (" (exploration included)" if _explores(runs) else "")
                   + (", log scale" if log else ""))

@@ -63,7 +63,7 @@ class MlflowTracker(Callback):
         self.client = MlflowClient(tracking_uri=store_uri(run_dir))
         experiment = self.client.get_experiment_by_name(cfg.name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            cfg.name, artifact_location=(folder / "artifacts").as_uri())
+            cfg.name, artifact_location=(folder / "artifacts").resolve().as_uri())
         existing = self.client.search_runs([experiment_id], max_results=1)  # the store is this run folder's
         if existing:
             self.run_id = existing[0].info.run_id
