@@ -26,7 +26,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "algorithms (any of them may also be an import path package.module:attribute)")
     report = sub.add_parser("report", help="compare run folders in one table and one set of plots")
     report.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run folders (as `raysim run` writes them)")
-    report.add_argument("--out", type=Path, help="a new or empty folder for the report (default: a new reports/report-STAMP)")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="a new or empty folder for the report (default: a new reports/report-STAMP)")
     from raysim.benchmarks import add_bench_parsers
 
     add_bench_parsers(sub)
