@@ -10,7 +10,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,dashboards]'
+	$(VENV)/bin/pip install -q -c constraints.txt -e '.[test,dashboards,tensorboard,mlflow]'
 	touch $@
 
 # Real Fashion-MNIST for the learning tests: Debian's package, installed when we may.

@@ -1,5 +1,5 @@
 """`raysim run [CONFIG] [--set key=value ...] [--out DIR] [--resume DIR]`, `raysim plugins`,
-`raysim bench NAME`."""
+`raysim bench NAME`, `raysim report RUN [RUN ...] [--out DIR]`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
                           "else a local Ray instance for the run)")
     sub.add_parser("plugins", help="list the registered models, datasets, partitioners, device profiles and "
                                    "algorithms (any of them may also be an import path package.module:attribute)")
+    report = sub.add_parser("report", help="compare run folders in one table and one set of plots")
+    report.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run folders (as `raysim run` writes them)")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="a new or empty folder for the report (default: a new reports/report-STAMP)")
     from raysim.benchmarks import add_bench_parsers
 
     add_bench_parsers(sub)
@@ -88,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
             return bench_main(args)
         if args.command == "plugins":
             return _plugins()
+        if args.command == "report":
+            from raysim.results.report import report
+
+            report(args.runs, args.out)
+            return 0
         return _run(args, started)
     except (ConfigError, DataError) as exc:
         if getattr(args, "debug", False):

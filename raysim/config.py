@@ -251,6 +251,31 @@ class MetricsConfig(_Section):
     pushgateway: str | None = Field(None, description="host:port of a Pushgateway to push the final values to")
 
 
+# tracking field -> the pip extra it needs and the modules that extra installs
+TRACKING_EXTRAS = {"tensorboard": ("tensorboard", ("tensorboard",)),
+                   "mlflow": ("mlflow", ("mlflow", "sqlalchemy", "alembic"))}
+
+
+class TrackingConfig(_Section):
+    """Experiment tracking written under the run folder (raysim/results/tracking.py)."""
+
+    tensorboard: bool = Field(False, description="TensorBoard event files in <run>/tensorboard (extra: tensorboard)")
+    mlflow: bool = Field(False, description="an MLflow run in <run>/mlflow/mlflow.db, a SQLite store (extra: mlflow)")
+
+    @field_validator("tensorboard", "mlflow")
+    @classmethod
+    def _extra_installed(cls, on: bool, info) -> bool:
+        import importlib.util
+
+        extra, modules = TRACKING_EXTRAS[info.field_name]
+        missing = [m for m in modules if on and importlib.util.find_spec(m) is None]
+        if missing:
+            raise ValueError(f"needs the '{extra}' extra ({', '.join(missing)} not installed): pip install "
+                             f"'raysim[{extra}]' (in a checkout: .venv/bin/pip install -c constraints.txt -e "
+                             f"'.[{extra}]'), or set tracking.{info.field_name}: false")
+        return on
+
+
 # A run folder is named `<name>-<timestamp>` under output.dir: the name must not reach elsewhere.
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
@@ -272,6 +297,7 @@ class ExperimentConfig(_Section):
     output: OutputConfig = OutputConfig()
     backend: BackendConfig = BackendConfig()
     metrics: MetricsConfig = MetricsConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("name")
     @classmethod

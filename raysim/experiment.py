@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,13 +35,16 @@ from raysim.registry import import_object, is_import_path, local_packages, prelo
 from raysim.results.checkpoint import CHECKPOINT_DIR, Checkpointer, checkpoint_stems, newest_intact
 from raysim.results.failure_log import FAILURES_FILE, FailureLog
 from raysim.results.health import DivergenceStop
+from raysim.results.plots import PLOTS_DIR, draw_run_plots
 from raysim.results.progress import ProgressBar
 from raysim.results.round_log import ROUNDS_FILE, RoundLog, read_rounds
 from raysim.results.run_dir import LOCK_FILE, create_run_dir, run_lock, write_atomic
 from raysim.results.summary import summarize, write_summary
+from raysim.results.tracking import MLFLOW_DIR, TENSORBOARD_DIR, trackers
 from raysim.telemetry.prometheus import PrometheusExporter
 
 CONFIG_FILE = "config.yaml"
+RUN_OWNED_FOLDERS = (PLOTS_DIR, TENSORBOARD_DIR, MLFLOW_DIR)
 
 
 def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int,
@@ -151,6 +155,8 @@ def discard_unstarted(run_dir: Path) -> bool:
         return False
     for name in (CONFIG_FILE, FAILURES_FILE, LOCK_FILE):
         (run_dir / name).unlink(missing_ok=True)
+    for folder in RUN_OWNED_FOLDERS:  # what trackers and plots may have started writing
+        shutil.rmtree(run_dir / folder, ignore_errors=True)
     for stem in checkpoint_stems(run_dir):
         stem.with_suffix(".json").unlink(missing_ok=True)
         stem.with_suffix(".safetensors").unlink(missing_ok=True)
@@ -214,6 +220,7 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
         callbacks.append(exporter)
     if cfg.stop_on_divergence:
         callbacks.append(stop)
+    callbacks += trackers(cfg, run_dir, rows)
     callbacks += user_callbacks
     backend: Backend | None = None
     try:
@@ -237,6 +244,7 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
         stopped = f"a callback stopped the run after round {round_log.rows[-1]['round']}"
     summary = summarize(round_log.rows, run_dir, algorithm.name, stopped)
     write_summary(summary, run_dir)
+    draw_run_plots(run_dir, round_log.rows, f"{cfg.name} [{algorithm.name}]")
     return summary
 
 
