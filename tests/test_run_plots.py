@@ -124,7 +124,7 @@ def test_every_run_draws_its_plots_and_a_resumed_run_redraws_them(small_config, 
     (run_dir / PLOTS_DIR / "sim_time.png").unlink()
     execute(cfg.model_copy(update={"rounds": 5}), run_dir, resume=True)  # extended: redrawn with every round
     assert _plots(run_dir) == sorted(PLOT_FILES) and drawn[-1] == ([1, 2, 3, 4, 5], "t [fedavg]")
-    assert [r["round"] for r in read_rounds(run_dir)] == [1, 2, 3, 4]
+    assert [r["round"] for r in read_rounds(run_dir)] == [1, 2, 3, 4, 5]
 
 
 def test_a_run_evaluated_once_still_draws(small_config):
