@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from raysim.models import build_model
 from raysim.registry import import_object, is_import_path, local_packages, preload, top_package
 from raysim.results.checkpoint import Checkpointer, latest_checkpoint, load_checkpoint
 from raysim.results.failure_log import FailureLog
-from raysim.results.progress import ProgressBar
+from raysim.results.progress import round_reporter
 from raysim.results.round_log import RoundLog, read_rounds
 from raysim.results.run_dir import create_run_dir, write_atomic
 from raysim.results.summary import summarize, write_summary
@@ -115,16 +116,18 @@ def backend_session(cfg: ExperimentConfig):
 
 
 def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
-            callbacks: Sequence[Callback] = ()) -> dict:
+            callbacks: Sequence[Callback] = (), quiet: bool = False) -> dict:
     """Run (or continue) the experiment in `run_dir` and return its summary. `callbacks`
-    run after the built-in ones (round log, failures, checkpoints) and may stop the run."""
+    run after the built-in ones (round log, failures, checkpoints) and may stop the run.
+    `progress` (None: the config's output.progress): a bar on a terminal; without it, or
+    off a terminal, one line per round; `quiet`: neither."""
     dataset = load_federated_dataset(cfg.data, cfg.seed)  # a data error fails before Ray starts
     with backend_session(cfg):
-        return _execute(cfg, dataset, run_dir, resume, progress, list(callbacks))
+        return _execute(cfg, dataset, run_dir, resume, progress, quiet, list(callbacks))
 
 
 def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, resume: bool,
-             progress: bool | None, user_callbacks: list[Callback]) -> dict:
+             progress: bool | None, quiet: bool, user_callbacks: list[Callback]) -> dict:
     population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
     runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
     algorithm, factory = runner.algorithm, runner.model_factory
@@ -138,12 +141,13 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
         state = load_checkpoint(stem)
         rows = [r for r in read_rounds(run_dir) if r["round"] <= state.round]
 
-    show = cfg.output.progress if progress is None else progress
     callbacks: list[Callback] = [RoundLog(run_dir, rows), FailureLog(run_dir),
                                  Checkpointer(run_dir, cfg.output.checkpoint_every, cfg.rounds)]
     round_log = callbacks[0]
-    if show:
-        callbacks.append(ProgressBar(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]"))
+    if not quiet:
+        callbacks.append(round_reporter(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]",
+                                        bar=cfg.output.progress if progress is None else progress,
+                                        explores=bool(ALGORITHMS.info(cfg.algorithm.name).get("explores"))))
     exporter = None
     if cfg.metrics.enabled:  # closes itself at run end (after linger); the finally covers a failed run
         exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
@@ -152,7 +156,10 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
     callbacks += user_callbacks
     backend: Backend | None = None
     try:
+        started = time.perf_counter()
         backend = build_backend(cfg, runner)
+        backend.wait_ready()
+        startup_s = time.perf_counter() - started  # worker start-up: its own number, not round 1's
         evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
                               max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
         loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
@@ -165,7 +172,7 @@ def _execute(cfg: ExperimentConfig, dataset: FederatedDataset, run_dir: Path, re
             exporter.close()
         if backend is not None:
             backend.close()
-    summary = summarize(round_log.rows, run_dir, algorithm.name)
+    summary = summarize(round_log.rows, run_dir, algorithm.name, startup_s)
     write_summary(summary, run_dir)
     return summary
 

@@ -114,7 +114,7 @@ def variant(base: ExperimentConfig, arm: Arm, seed: int, rounds: int, sparsity: 
 def timed_run(cfg: ExperimentConfig, parent: Path) -> tuple[Path, float]:
     run_dir = new_run(cfg, parent)
     start = time.perf_counter()
-    execute(cfg, run_dir, progress=False)
+    execute(cfg, run_dir, quiet=True)  # the benchmark prints one line per run instead
     return run_dir, time.perf_counter() - start
 
 
