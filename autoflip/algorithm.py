@@ -24,6 +24,7 @@ from autoflip.guidance import guidance_from_sum, normalise, update_running
 from autoflip.masks import sparsity_schedule, unstructured_mask
 from autoflip.pruned import PrunedFedAvg, state_masks, with_masks
 from autoflip.structured import remove_weakest_units, slice_state
+from autoflip.variants import VARIANTS
 from raysim.algorithms.server_update import is_trainable_state
 from raysim.costs.payload import decode
 from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, RoundPlan, ServerState
@@ -33,12 +34,6 @@ from raysim.engine.training import local_train
 
 GUIDANCE_PREFIX = "guidance/"
 
-VARIANTS = {  # name -> (structured, unstructured, adaptive)
-    "autoflip": (True, True, True),
-    "autoflip_unstructured": (False, True, True),
-    "autoflip_structured": (True, False, False),
-    "autoflip_static": (True, True, False),
-}
 
 
 GROW_SIGNAL_BYTES = "grow_signal_bytes"

@@ -16,8 +16,8 @@ _EXPORTS = {
     "load_config": "raysim.config", "ExperimentConfig": "raysim.config", "ConfigError": "raysim.config",
     "Callback": "raysim.engine.loop", "RoundRecord": "raysim.engine.record", "Evaluation": "raysim.engine.record",
     "ClientCounters": "raysim.engine.counters", "EvalCounters": "raysim.engine.counters",
-    "MODELS": "raysim.models", "DATASETS": "raysim.data.loading", "PARTITIONERS": "raysim.data.loading",
-    "PROFILES": "raysim.devices", "ALGORITHMS": "raysim.algorithms",
+    "MODELS": "raysim.catalog", "DATASETS": "raysim.data.loading", "PARTITIONERS": "raysim.data.loading",
+    "PROFILES": "raysim.devices", "ALGORITHMS": "raysim.catalog",
 }
 __all__ = sorted(_EXPORTS)
 

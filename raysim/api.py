@@ -73,4 +73,5 @@ def run(config: ExperimentConfig | dict | str | Path | None = None, *, model: An
             set_path(tree, PLUGIN_FIELDS[keyword], import_path_of(obj, keyword))
     cfg = config_from_dict(tree, source="raysim.run")
     run_dir = new_run(cfg, Path(out) if out is not None else None)
-    return RunResult(execute(cfg, run_dir, progress=progress, callbacks=callbacks), run_dir)
+    # A library call prints nothing unless asked to (progress=True: a bar, or lines off a terminal).
+    return RunResult(execute(cfg, run_dir, progress=progress, quiet=not progress, callbacks=callbacks), run_dir)

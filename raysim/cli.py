@@ -4,15 +4,51 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 
 from raysim.config import ConfigError, load_config, resume_overrides
 
+# Heavy modules (torch, ray, pyarrow, matplotlib) load where a command needs them, so that
+# --help and a config error answer at once (tests/test_cli_speed.py).
+
+
+def plugin_names() -> list[tuple[str, list[str]]]:
+    """(config field, names) per registry, read from the registries (plug-ins included; no torch)."""
+    import raysim
+
+    kinds = (("model.name", raysim.MODELS), ("data.dataset", raysim.DATASETS),
+             ("data.partition.scheme", raysim.PARTITIONERS), ("devices.mix keys", raysim.PROFILES),
+             ("algorithm.name", raysim.ALGORITHMS))
+    return [(field, registry.names()) for field, registry in kinds]
+
+
+def _run_epilog() -> str:
+    lines = ["plug-in names accepted (or an import path package.module:attribute to your own code):"]
+    for field, names in plugin_names():
+        lines += textwrap.wrap(", ".join(names), width=88, initial_indent=f"  {field}: ", subsequent_indent="    ")
+    return "\n".join(lines)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An epilog computed only when help is printed: the plug-in names cost imports that
+    parsing the arguments of a run does not need."""
+
+    def __init__(self, *args, epilog_factory=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.epilog_factory = epilog_factory
+
+    def format_help(self) -> str:
+        if self.epilog_factory is not None:
+            self.epilog = self.epilog_factory()
+        return super().format_help()
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raysim", description="Federated-learning cluster simulator (AutoFLIP).")
+    p = _Parser(prog="raysim", description="Federated-learning cluster simulator (AutoFLIP).")
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run an experiment (no CONFIG: the embedded default)")
+    run = sub.add_parser("run", help="run an experiment (no CONFIG: the embedded default)",
+                         epilog_factory=_run_epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("config", nargs="?", type=Path, help="experiment YAML; omitted: the embedded default")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a config field, e.g. --set rounds=5 --set clients.optimizer.lr=0.01")
@@ -21,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue the run in DIR from its latest intact checkpoint; with --set rounds=N, extend "
                           "a finished run (a resume may set only rounds, stop_on_divergence, output.progress, "
                           "backend.* and metrics.*)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
+    run.add_argument("--no-progress", action="store_true",
+                     help="no progress bar: one line per round instead (logs, CI; also when stdout is no terminal)")
     run.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
     run.add_argument("--address", metavar="ADDR",
                      help="Ray cluster to run on (same as --set backend.address=ADDR; default: $RAY_ADDRESS, "
@@ -40,29 +77,27 @@ def _parser() -> argparse.ArgumentParser:
 
 def _plugins() -> int:
     """Every registry's names, read from the registries themselves (plug-ins included)."""
-    import raysim
-
-    kinds = (("model.name", raysim.MODELS), ("data.dataset", raysim.DATASETS),
-             ("data.partition.scheme", raysim.PARTITIONERS), ("devices.mix keys", raysim.PROFILES),
-             ("algorithm.name", raysim.ALGORITHMS))
-    for field, registry in kinds:
-        print(f"{field}: {', '.join(registry.names())}")
+    for field, names in plugin_names():
+        print(f"{field}: {', '.join(names)}")
     print("Any of them may also be an import path package.module:attribute to your own code (docs/extending.md).")
     return 0
 
 
 def _run(args: argparse.Namespace, started: list[Path]) -> int:
     """`started` receives the run folder once there is one (for the Ctrl-C message)."""
-    from raysim.experiment import execute, new_run, resumed_config
-    from raysim.results.summary import print_summary
-
     overrides = args.overrides + ([f"backend.address={args.address}"] if args.address else [])
     if args.resume:
         if args.config or args.out:
             raise ConfigError("--resume continues a run with its saved config and folder: drop CONFIG and --out")
+        from raysim.experiment import resumed_config
+
         cfg, run_dir = resume_overrides(resumed_config(args.resume), overrides), args.resume
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides)  # before torch is imported: a bad config fails at once
+    from raysim.experiment import execute, new_run
+    from raysim.results.summary import print_summary
+
+    if not args.resume:
         run_dir = new_run(cfg, args.out)
     started.append(run_dir)
     summary = execute(cfg, run_dir, resume=bool(args.resume), progress=False if args.no_progress else None)

@@ -26,12 +26,9 @@ class _Section(BaseModel):
 def _registry(kind: str):
     """The registry of one kind of plug-in, imported when a config is validated (the
     registries' modules import this one)."""
-    if kind == "model":
-        from raysim.models import MODELS
-        return MODELS
-    if kind == "algorithm":
-        from raysim.algorithms import ALGORITHMS
-        return ALGORITHMS
+    if kind in ("model", "algorithm"):  # their code imports torch: names come from the catalog
+        from raysim.catalog import ALGORITHMS, MODELS
+        return MODELS if kind == "model" else ALGORITHMS
     if kind == "device":
         from raysim.devices import PROFILES
         return PROFILES

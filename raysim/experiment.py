@@ -5,6 +5,7 @@ import contextlib
 import functools
 import shutil
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from raysim.results.checkpoint import CHECKPOINT_DIR, Checkpointer, checkpoint_s
 from raysim.results.failure_log import FAILURES_FILE, FailureLog
 from raysim.results.health import DivergenceStop
 from raysim.results.plots import PLOTS_DIR, draw_run_plots
-from raysim.results.progress import ProgressBar
+from raysim.results.progress import round_reporter
 from raysim.results.round_log import ROUNDS_FILE, RoundLog, read_rounds
 from raysim.results.run_dir import LOCK_FILE, create_run_dir, run_lock, write_atomic
 from raysim.results.summary import summarize, write_summary
@@ -128,11 +129,12 @@ def backend_session(cfg: ExperimentConfig):
 
 
 def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
-            callbacks: Sequence[Callback] = ()) -> dict:
+            callbacks: Sequence[Callback] = (), quiet: bool = False) -> dict:
     """Run (or continue) the experiment in `run_dir` and return its summary. `callbacks`
     run after the built-in ones (round log, failures, checkpoints) and may stop the run.
-    One process at a time works in a folder; a new run that fails before its first round
-    leaves no folder behind."""
+    `progress` (None: the config's output.progress): a bar on a terminal; without it, or
+    off a terminal, one line per round; `quiet`: neither. One process at a time works in a
+    folder; a new run that fails before its first round leaves no folder behind."""
     with run_lock(run_dir):
         try:
             # Data, population, model and algorithm first: their errors come before Ray starts.
@@ -141,7 +143,7 @@ def execute(cfg: ExperimentConfig, run_dir: Path, resume: bool = False, progress
             population = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
             runner = build_runner(cfg, population, dataset)  # the driver's algorithm and model factory
             with backend_session(cfg):
-                return _execute(cfg, runner, cohort, run_dir, resume, progress, list(callbacks))
+                return _execute(cfg, runner, cohort, run_dir, resume, progress, quiet, list(callbacks))
         except BaseException:
             if not resume:
                 discard_unstarted(run_dir)
@@ -195,7 +197,7 @@ def resume_state(cfg: ExperimentConfig, run_dir: Path, algorithm: FederatedAlgor
 
 
 def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: Path, resume: bool,
-             progress: bool | None, user_callbacks: list[Callback]) -> dict:
+             progress: bool | None, quiet: bool, user_callbacks: list[Callback]) -> dict:
     algorithm, factory = runner.algorithm, runner.model_factory
     dataset, population = runner.dataset, runner.population
 
@@ -206,13 +208,14 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
         rows = [r for r in read_rounds(run_dir) if r["round"] <= state.round]
         write_atomic(run_dir / CONFIG_FILE, config_to_yaml(cfg).encode())  # a longer run keeps its new length
 
-    show = cfg.output.progress if progress is None else progress
     round_log = RoundLog(run_dir, rows)
     stop = DivergenceStop()
     callbacks: list[Callback] = [round_log, FailureLog(run_dir, state.round if resume else None),
                                  Checkpointer(run_dir, cfg.output.checkpoint_every, cfg.rounds, config_identity(cfg))]
-    if show:
-        callbacks.append(ProgressBar(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]"))
+    if not quiet:
+        callbacks.append(round_reporter(cfg.rounds, state.round, f"{cfg.name} [{algorithm.name}]",
+                                        bar=cfg.output.progress if progress is None else progress,
+                                        explores=bool(ALGORITHMS.info(cfg.algorithm.name).get("explores"))))
     exporter = None
     if cfg.metrics.enabled:  # closes itself at run end (after linger); the finally covers a failed run
         exporter = PrometheusExporter(cfg.metrics, experiment=cfg.name, algorithm=algorithm.name,
@@ -224,7 +227,10 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
     callbacks += user_callbacks
     backend: Backend | None = None
     try:
+        started = time.perf_counter()
         backend = build_backend(cfg, runner)
+        backend.wait_ready()
+        startup_s = time.perf_counter() - started  # worker start-up: its own number, not round 1's
         evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
                               max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
         loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,
@@ -242,7 +248,7 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
         stopped = f"diverged at round {stop.stopped_at} (stop_on_divergence)"
     elif round_log.rows and round_log.rows[-1]["round"] < cfg.rounds:
         stopped = f"a callback stopped the run after round {round_log.rows[-1]['round']}"
-    summary = summarize(round_log.rows, run_dir, algorithm.name, stopped)
+    summary = summarize(round_log.rows, run_dir, algorithm.name, startup_s, stopped)
     write_summary(summary, run_dir)
     draw_run_plots(run_dir, round_log.rows, f"{cfg.name} [{algorithm.name}]")
     return summary

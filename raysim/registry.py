@@ -79,6 +79,12 @@ def preload(objects: dict[str, Any]) -> None:
 class Entry:
     obj: Any
     info: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None  # registered lazily: imported on first use
+
+    def resolve(self) -> Any:
+        if self.path is not None:
+            self.obj, self.path = import_object(self.path), None
+        return self.obj
 
 
 class Registry:
@@ -97,12 +103,22 @@ class Registry:
             raise ValueError(f"{self.kind} name {name!r}: ':' is reserved for import paths")
 
         def add(target: Any) -> Any:
-            if name in self._entries and self._entries[name].obj is not target:
+            if name in self._entries and self._entries[name].resolve() is not target:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._entries[name] = Entry(target, dict(info))
             return target
 
         return add if obj is None else add(obj)
+
+    def register_lazy(self, name: str, path: str, **info: Any) -> None:
+        """Register `name` as the object at `path` (package.module:attribute), imported on
+        first `get`: its name and `info` are known without importing its code, so config
+        validation and CLI help need no torch."""
+        if is_import_path(name):
+            raise ValueError(f"{self.kind} name {name!r}: ':' is reserved for import paths")
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered")
+        self._entries[name] = Entry(None, dict(info), path)
 
     def names(self) -> list[str]:
         load_plugins()
@@ -112,7 +128,7 @@ class Registry:
         """The registered object, or the object an import path names."""
         if is_import_path(name):
             return _preloaded[name] if name in _preloaded else import_object(name)
-        return self._entry(name).obj
+        return self._entry(name).resolve()
 
     def info(self, name: str) -> dict[str, Any]:
         """What was registered about `name` ({} for an import path)."""
@@ -120,9 +136,9 @@ class Registry:
 
     def check(self, name: str) -> str:
         """`name` if it resolves, else a ValueError saying what is allowed (config validation
-        puts the field in front)."""
+        puts the field in front). A registered name is not imported here (it may be lazy)."""
         try:
-            self.get(name)
+            self.get(name) if is_import_path(name) else self._entry(name)
         except LookupError as exc:
             raise ValueError(str(exc)) from None
         return name

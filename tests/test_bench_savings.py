@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from raysim.benchmarks import add_bench_parsers, bench_main
-from raysim.benchmarks.savings import choose_rounds
-from raysim.benchmarks.savings_arms import LEVELS, all_arms, select_arms
+from raysim.benchmarks.savings import choose_rounds, judged_targets
+from raysim.benchmarks.savings_arms import LEVELS, SAVINGS_CONFIG, all_arms, select_arms
 from raysim.benchmarks.savings_measure import accuracy_at_cost, aggregate_arm, check_targets, measure_run
-from raysim.config import ConfigError
+from raysim.config import ConfigError, config_from_dict, load_config
 
 
 def _row(round_, acc, flops, bytes_, phase="train", **extra):
@@ -91,6 +91,15 @@ def test_targets_are_met_missed_or_not_measured_with_their_numbers():
     missed = check_targets(arms, {("autoflip@P1", "autoflip_static@P1"): {"mean": -0.3}})[2]
     assert missed["checks"][0]["met"] is False
     assert all(t["met"] is None for t in check_targets({}, {}))
+
+
+def test_targets_are_judged_on_the_projects_workload_only():
+    base = load_config(SAVINGS_CONFIG)
+    arms = {"autoflip@P1": aggregate_arm(_runs(), "autoflip@P1", [0, 1])}
+    own = judged_targets(base, arms, {})
+    assert [t["target"] for t in own["targets"]] == ["T1", "T2", "T3", "T4"] and own["targets_not_judged_because"] is None
+    other = judged_targets(config_from_dict(base.model_dump(mode="json") | {"rounds": 3}), arms, {})
+    assert other == {"targets": [], "targets_not_judged_because": "targets are defined for raysim/configs/savings.yaml only"}
 
 
 def test_rounds_fill_the_budget_and_seeds_give_way_below_ten_rounds():
@@ -182,8 +191,14 @@ def test_tiny_benchmark_writes_the_comparison_from_the_runs_rows(tmp_path, tiny_
     for name in ("comparison.md", "pareto_flops.png", "pareto_bytes.png"):
         assert (out / name).stat().st_size > 0
     assert "| prunefl@P1 |" in (out / "comparison.md").read_text()
-    lines = capsys.readouterr().out.rstrip().splitlines()
-    assert "T4" in "\n".join(lines[-6:])  # the targets come last
+    # Not the project's workload: no target is stamped, and the last line says why.
+    assert result["targets"] == [] and "savings.yaml only" in result["targets_not_judged_because"]
+    assert "Not judged: targets are defined for raysim/configs/savings.yaml only" in (out / "comparison.md").read_text()
+    printed = capsys.readouterr().out
+    last = " ".join(printed.rstrip().splitlines()[-3:])  # rich wraps at the terminal's width
+    assert " ".join(last.split()).endswith("targets are defined for raysim/configs/savings.yaml only "
+                                           "(base config: tiny.yaml)")
+    assert "T1 (" not in printed
 
 
 def test_refuses_a_non_empty_out_before_any_work(tmp_path, tiny_base):

@@ -11,18 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from raysim.algorithms.fedavg import FedAvg
-from raysim.algorithms.fedopt import FedAdagrad, FedAdam, FedYogi
-from raysim.algorithms.fedprox import FedProx
-from raysim.algorithms.scaffold import Scaffold
+from raysim.catalog import ALGORITHMS  # the built-ins, listed by import path
 from raysim.config import ConfigError, ExperimentConfig
 from raysim.engine.api import FederatedAlgorithm
 from raysim.engine.runner import ModelFactory
-from raysim.registry import Registry
 
-ALGORITHMS = Registry("algorithm", "algorithm.name")
-for _cls in (FedAvg, FedProx, FedAdam, FedYogi, FedAdagrad, Scaffold):
-    ALGORITHMS.register(_cls.name, _cls)
+__all__ = ["ALGORITHMS", "build_algorithm"]
 
 
 def build_algorithm(cfg: ExperimentConfig, model_factory: ModelFactory, example_input: torch.Tensor) -> FederatedAlgorithm:

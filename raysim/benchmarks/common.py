@@ -6,10 +6,13 @@ import os
 import statistics
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from raysim.config import ConfigError
-from raysim.engine.backend import Backend
 from raysim.results.run_dir import write_atomic
+
+if TYPE_CHECKING:  # the benchmarks' CLI modules import this one: no torch at `raysim --help`
+    from raysim.engine.backend import Backend
 
 
 def prepare_out(out: Path) -> None:

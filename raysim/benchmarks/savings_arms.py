@@ -12,8 +12,11 @@ AutoFLIP's ablations run at P1.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from raysim.config import ConfigError
+
+SAVINGS_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "savings.yaml"  # the base every arm changes
 
 BASELINE = "fedavg"
 AUTOFLIP = "autoflip"

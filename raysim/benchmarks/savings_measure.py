@@ -6,7 +6,6 @@ import math
 import statistics
 
 from raysim.benchmarks.savings_arms import (
-    AUTOFLIP,
     BASELINE,
     CONTROLS,
     LEVELS,
@@ -248,4 +247,4 @@ def explorer_label_coverage(labels_per_client: dict[int, set[int]], explorers: l
     return {"explorers": len(explorers), "labels_covered": len(covered), "num_classes": num_classes}
 
 
-__all__ = ["AUTOFLIP", "aggregate_arm", "check_targets", "measure_run", "paired_between", "spread"]
+__all__ = ["aggregate_arm", "check_targets", "measure_run", "paired_between", "spread"]

@@ -91,6 +91,9 @@ def markdown(result: dict) -> str:
     lines += ["", "Paired accuracy differences between arms (points, mean [min, max] over seeds):", ""]
     lines += [f"- {d['arm']} - {d['reference']}: {_with_range(d, _points)}" for d in result["versus"]]
     lines += ["", "## Targets", ""]
+    if result.get("targets_not_judged_because"):
+        lines.append(f"Not judged: {result['targets_not_judged_because']} (this run's base config: "
+                     f"`{result['base_config_name']}`).")
     for t in result["targets"]:
         lines.append(f"- **{t['target']} {_verdict(t['met'])}**: {t['text']}.")
         lines += [f"  - {_check(c)}: {_verdict(c['met'])}" for c in t["checks"]]
@@ -188,6 +191,9 @@ def print_headline(result: dict, console: Console) -> None:
             f"autoflip@P1 vs FedAvg over seeds {result['seeds']}: accuracy {_with_range(p1['accuracy_vs_fedavg_points'], _points)} "
             f"points, executed FLOPs {_with_range(red['flops_executed'], _pct)}, effective FLOPs "
             f"{_with_range(red['flops_effective'], _pct)}, bytes {_with_range(red['bytes_total'], _pct)}"))
+    if result.get("targets_not_judged_because"):
+        console.print(escape(f"Targets not judged: {result['targets_not_judged_because']} "
+                             f"(base config: {result['base_config_name']})"))
     style = {True: "[green]✓[/]", False: "[red]✗[/]", None: "[yellow]–[/]"}
     for t in result["targets"]:
         console.print(f"{style[t['met']]} " + escape(f"{t['target']} ({_verdict(t['met'])}): {t['text']}"))

@@ -24,6 +24,10 @@ class Backend(ABC):
     def close(self) -> None:
         """Release workers; the in-process backend holds none."""
 
+    def wait_ready(self) -> None:
+        """Block until every worker can take clients (and has paid its first client's one-off
+        costs), so that start-up is not billed to round 1."""
+
     def pool_info(self) -> dict[str, float]:
         """The worker pool during the last `run` (size, busy fraction), for the round log and metrics."""
         return {}
@@ -53,6 +57,10 @@ class InProcessBackend(Backend):
     def __init__(self, runner: ClientRunner, threads: int = 1):
         self.runner = runner
         self.threads = threads
+
+    def wait_ready(self) -> None:
+        with torch_threads(self.threads):
+            self.runner.warm_up()
 
     def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
         with torch_threads(self.threads):

@@ -33,6 +33,7 @@ from raysim.config import BackendConfig, ConfigError
 from raysim.data.federated import FederatedDataset
 from raysim.engine.api import Broadcast, ClientTask
 from raysim.engine.backend import Backend, worker_threads
+from raysim.engine.ray_auth import own_auth_message
 from raysim.engine.runner import ClientRunner
 from raysim.engine.stats import Partial, merge_all
 from raysim.telemetry.ray_metrics import WorkerMetrics
@@ -56,6 +57,7 @@ class ClientWorker:
         self.index = index
         self.dataset = dataset  # deserialised from the object store: numpy views, no copy
         self.runner = runner_factory(dataset, self.device)
+        self.runner.warm_up()
         self.key: tuple | None = None
         self.partial = Partial()
         self.clients = 0
@@ -201,6 +203,9 @@ class RayBackend(Backend):
 
     def pool_info(self) -> dict[str, float]:
         return dict(self._pool_info)
+
+    def wait_ready(self) -> None:
+        self.worker_info()  # answers once every actor has built its runner
 
     def close(self) -> None:
         for w in self.workers:
@@ -366,7 +371,8 @@ def ray_session(cfg: BackendConfig, dashboard: bool = False):
     An already initialised Ray (a test session, a notebook) is used as it is and left
     running. Otherwise `backend.address`, else $RAY_ADDRESS (set by `ray job submit`),
     names a cluster to join; with neither, a local instance is started and stopped,
-    every port of it on loopback (with its dashboard, also on loopback, when `dashboard`)."""
+    every port of it on loopback (with its dashboard, also on loopback, when `dashboard`),
+    with Ray's token authentication (raysim/engine/ray_auth.py)."""
     if ray.is_initialized():
         yield
         return
@@ -380,7 +386,8 @@ def ray_session(cfg: BackendConfig, dashboard: bool = False):
             raise ConfigError(f"{source}={address}: cannot join a Ray cluster there "
                               f"({type(exc).__name__}: {exc})") from None
     else:
-        _start_local_ray_on_loopback(dashboard)
+        with own_auth_message():
+            _start_local_ray_on_loopback(dashboard)
     try:
         yield
     finally:

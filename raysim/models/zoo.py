@@ -18,8 +18,8 @@ import math
 import torch
 from torch import nn
 
+from raysim.catalog import MODELS  # the names, listed by import path (build_<name> below)
 from raysim.config import ConfigError, ModelConfig
-from raysim.registry import Registry
 
 ImageShape = tuple[int, int, int]
 
@@ -185,30 +185,29 @@ def _sequence_length(name: str, input_shape: tuple[int, ...]) -> int:
     return input_shape[0]
 
 
-def _build_char_lstm(cfg: ModelConfig, shape: tuple[int, ...], classes: int) -> nn.Module:
+def build_char_lstm(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
     _sequence_length(cfg.name, shape)
     return CharLSTM(classes, cfg.embedding, cfg.hidden, cfg.layers)
 
 
-MODELS = Registry("model", "model.name")
-"""Model plug-ins. Contract: `builder(input_shape, num_classes, cfg) -> nn.Module`, where
-`input_shape` is one example's shape without the batch dimension (C, H, W for images,
-(features,) for vectors, (seq_len,) for token ids), `num_classes` the label count (for
-next-character models, the vocabulary) and `cfg` the run's ModelConfig (hidden, layers,
-embedding). The module maps a batch to logits (N, num_classes); its last nn.Linear is
-the output layer, which pruning never touches. Registered with `inputs`, the input
-kinds it takes ("vector", "image", "sequence"), so a config that cannot work is refused
-before any work; an import-path model is checked when it is built."""
+def build_logreg(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
+    return LogisticRegression(math.prod(shape), classes)
 
-MODELS.register("logreg", lambda shape, classes, cfg: LogisticRegression(math.prod(shape), classes),
-                inputs=("vector", "image"))
-MODELS.register("mlp", lambda shape, classes, cfg: MLP(math.prod(shape), cfg.hidden, cfg.layers, classes),
-                inputs=("vector", "image"))
-MODELS.register("twocnn", lambda shape, classes, cfg: TwoCNN(_image_shape(cfg.name, shape), classes), inputs=("image",))
-MODELS.register("cifar_cnn", lambda shape, classes, cfg: CifarCNN(_image_shape(cfg.name, shape), classes),
-                inputs=("image",))
-MODELS.register("resnet", lambda shape, classes, cfg: ResNet(_image_shape(cfg.name, shape), classes), inputs=("image",))
-MODELS.register("char_lstm", lambda shape, classes, cfg: _build_char_lstm(cfg, shape, classes), inputs=("sequence",))
+
+def build_mlp(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
+    return MLP(math.prod(shape), cfg.hidden, cfg.layers, classes)
+
+
+def build_twocnn(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
+    return TwoCNN(_image_shape(cfg.name, shape), classes)
+
+
+def build_cifar_cnn(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
+    return CifarCNN(_image_shape(cfg.name, shape), classes)
+
+
+def build_resnet(shape: tuple[int, ...], classes: int, cfg: ModelConfig) -> nn.Module:
+    return ResNet(_image_shape(cfg.name, shape), classes)
 
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:

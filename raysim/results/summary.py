@@ -20,7 +20,10 @@ MEASURED = {
     "bytes": "length of the real encoded payloads (safetensors, optional zstd)",
     "sim_time_s": "simulated clock: FLOPs/throughput + bytes/bandwidth + latency of each device profile; round = slowest included client",
     "client_train_wall_s": "time.perf_counter around each client's training (client_update) on its worker, summed over the round's clients",
-    "wall_time_s": "time.perf_counter around each round on this machine (evaluation excluded)",
+    "wall_time_s": "time.perf_counter around each round on this machine (evaluation and worker start-up excluded)",
+    "startup_s": "time.perf_counter from building the backend until every worker answered (Ray: actors started, "
+                 "dataset mapped, runners built), in this process; in no round's wall_time_s",
+    "client_updates_per_s": "clients done / the rounds' wall_time_s (start-up excluded)",
     "totals": "sums over rounds.parquet, including AutoFLIP's exploration phase (round 0) where there is one",
 }
 
@@ -29,8 +32,10 @@ def _evaluated(rows: list[dict], key: str) -> list[float]:
     return [r[key] for r in rows if r.get(key) is not None and not math.isnan(r[key])]
 
 
-def summarize(rows: list[dict], run_dir: Path, algorithm: str, stopped: str | None = None) -> dict:
-    """`stopped`: why the run ended before its last round, if it did."""
+def summarize(rows: list[dict], run_dir: Path, algorithm: str, startup_s: float | None = None,
+              stopped: str | None = None) -> dict:
+    """`startup_s`: the backend's start-up, apart from the rounds; `stopped`: why the run
+    ended before its last round, if it did."""
     acc = _evaluated(rows, "accuracy")
     last3 = acc[-3:]
     wall = sum(r["wall_time_s"] for r in rows)
@@ -49,6 +54,7 @@ def summarize(rows: list[dict], run_dir: Path, algorithm: str, stopped: str | No
         "accuracy_last_3_spread": (max(last3) - min(last3)) if last3 else None,
         "final_client_accuracy": (_evaluated(rows, "client_accuracy") or [None])[-1],
         "client_updates_per_s": done / wall if wall > 0 else None,
+        "startup_s": startup_s,
         "totals": totals,
         "warnings": divergence_warnings(rows),
         "stopped_early": stopped,
@@ -81,6 +87,8 @@ def print_summary(summary: dict, console: Console | None = None) -> None:
     table.add_row("bytes down / up", f"{_si(t['bytes_down'], 'B')} / {_si(t['bytes_up'], 'B')}")
     table.add_row("simulated time", f"{t['sim_time_s']:.1f} s")
     table.add_row("wall time (rounds)", f"{t['wall_time_s']:.1f} s")
+    if summary.get("startup_s") is not None:
+        table.add_row("worker start-up (not in rounds)", f"{summary['startup_s']:.1f} s")
     ups = summary["client_updates_per_s"]
     table.add_row("client updates per second", "n/a" if ups is None else f"{ups:.1f}")
     console = console or Console()

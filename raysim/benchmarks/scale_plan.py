@@ -1,0 +1,37 @@
+"""What benchmark C measures: round time and the driver's peak memory as the cohort grows.
+
+Population: 100,000 LEAF-Synthetic clients (about 10 training rows each). Scenarios:
+- logreg at 1,000 and 10,000 clients per round (the 60 s round target);
+- a 6.6 MB MLP (1.65 M parameters) at 250 / 1,000 / 2,000 clients per round.
+Every (scenario, cohort) point runs in a fresh driver process with its own local Ray,
+so each peak is that cohort's alone (raysim/benchmarks/scale_run.py).
+"""
+from __future__ import annotations
+
+from raysim.benchmarks.common import cores
+from raysim.config import ExperimentConfig, config_from_dict
+
+POPULATION = 100_000
+SCENARIOS = {
+    "logreg": ({"name": "logreg"}, (1_000, 10_000)),
+    "mlp-6.6MB": ({"name": "mlp", "hidden": 1250, "layers": 2}, (250, 1_000, 2_000)),
+}
+ROUND_TARGET_S = 60.0  # a 10,000-client round
+MEMORY_GROWTH_TARGET = 0.20  # driver peak, smallest to largest cohort
+SETUP_TARGET_S, SETUP_TARGET_BYTES = 10.0, 2**30
+DEFAULT_ROUNDS = 2  # measured rounds per point, after the warm-up
+
+
+def scenario_config(model: dict, population: int, cohort: int, seed: int) -> ExperimentConfig:
+    return config_from_dict({
+        "name": "bench-scale", "seed": seed, "rounds": 1,
+        "data": {"dataset": "synthetic", "num_clients": population, "partition": {"scheme": "natural"},
+                 "holdout_fraction": 0.0,
+                 "synthetic": {"mean_samples": 1.0, "min_samples": 10, "max_samples": 40}},
+        "model": model,
+        "clients": {"per_round": cohort, "local_epochs": 1, "batch_size": 10, "optimizer": {"name": "sgd", "lr": 0.05}},
+        "algorithm": {"name": "fedavg"},
+        "devices": {"use_availability": False},
+        "eval": {"clients": False},
+        "backend": {"name": "ray", "num_workers": cores(), "num_cpus_per_worker": 1},
+    }, source="benchmark C")

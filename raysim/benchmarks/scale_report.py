@@ -1,0 +1,107 @@
+"""Benchmark C's targets and files: each target's verdict, scale.json / scale.md, the memory
+plot, the printed table and headline."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from raysim.benchmarks.common import bar_plot, write_result
+from raysim.benchmarks.scale_plan import MEMORY_GROWTH_TARGET, ROUND_TARGET_S, SETUP_TARGET_BYTES, SETUP_TARGET_S
+from raysim.benchmarks.verdict import rounds_problems, verdict, verdict_text
+
+HOW_MEASURED = {
+    "round_s": "time.perf_counter around configure/run/aggregate of a FedAvg round on the Ray backend (one worker "
+               "per core), after one warm-up round; the median over measured rounds is reported",
+    "driver_peak_rss_rounds_bytes": "peak resident memory of the driver process (psutil, sampled every 5 ms) while "
+                                    "the rounds ran; each cohort in a fresh driver process",
+    "driver_peak_growth": "peak at the largest cohort / peak at the smallest cohort - 1 (the target is on this)",
+    "driver_peak_rss_increase_rounds_bytes": "the same peak minus the driver's memory when the rounds began",
+    "setup_s": "time.perf_counter around generating the population's data, partition and device profiles",
+    "setup_rss_increase_bytes": "peak resident memory during set-up minus before it (sampled)",
+    "targets": "a target on rounds is judged only when each of its points measured the rounds asked for; memory "
+               "growth needs two cohorts at least; otherwise 'not judged' and why",
+}
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _target(name: str, value: str, met: bool, problems: list[str]) -> dict:
+    return {"name": name, "value": value, **verdict(met, problems)}
+
+
+def _points_problems(points: list[dict], asked: int) -> list[str]:
+    return [p for point in points for p in rounds_problems(point["round_s"], asked, f"{point['cohort']:,} clients")]
+
+
+def targets(scenarios: dict, asked_rounds: int) -> list[dict]:
+    out = []
+    for name, s in scenarios.items():
+        points = s["points"]
+        first, last = points[0], points[-1]
+        growth = last["driver_peak_rss_rounds_bytes"] / first["driver_peak_rss_rounds_bytes"] - 1.0
+        problems = _points_problems(points, asked_rounds)
+        if len(points) < 2:
+            problems.append("one cohort only: growth needs two")
+        out.append(_target(f"{name}: driver peak memory growth {first['cohort']:,} -> {last['cohort']:,} "
+                           f"clients/round <= {MEMORY_GROWTH_TARGET:.0%}", f"{growth:+.1%}",
+                           growth <= MEMORY_GROWTH_TARGET, problems))
+        big = [p for p in points if p["cohort"] >= 10_000]
+        if name == "logreg" and big:
+            p = big[-1]
+            out.append(_target(f"logreg: a {p['cohort']:,}-client round <= {ROUND_TARGET_S:.0f} s",
+                               f"{p['round_s_median']:.1f} s", p["round_s_median"] <= ROUND_TARGET_S,
+                               _points_problems([p], asked_rounds)))
+        setup_s = max(p["setup_s"] for p in points)
+        setup_bytes = max(p["setup_rss_increase_bytes"] for p in points)
+        out.append(_target(f"{name}: population set-up <= {SETUP_TARGET_S:.0f} s and <= 1 GiB",
+                           f"{setup_s:.1f} s, {_mb(setup_bytes)}",
+                           setup_s <= SETUP_TARGET_S and setup_bytes <= SETUP_TARGET_BYTES, []))
+    return out
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        "# Benchmark C: scale", "",
+        f"Command: `{result['command']}`  ",
+        f"Machine: {result['cores']} cores; Ray backend with {result['cores']} workers of 1 CPU; population "
+        f"{result['population']:,} clients.", "",
+        "| scenario | clients/round | median round (s) | updates/s | driver peak RSS (rounds) | increase during rounds |"
+        " set-up (s) | set-up memory |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, s in result["scenarios"].items():
+        for p in s["points"]:
+            lines.append(f"| {name} ({p['model_mb']:.2f} MB model) | {p['cohort']:,} | {p['round_s_median']:.2f} | "
+                         f"{p['updates_per_s']:.0f} | {_mb(p['driver_peak_rss_rounds_bytes'])} | "
+                         f"{_mb(p['driver_peak_rss_increase_rounds_bytes'])} | {p['setup_s']:.1f} | "
+                         f"{_mb(p['setup_rss_increase_bytes'])} |")
+    lines += ["", "Targets:"] + [f"- {t['name']}: {t['value']} ({verdict_text(t)})" for t in result["targets"]]
+    lines += ["", "How measured:"] + [f"- {k}: {v}" for k, v in result["how_measured"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(result: dict, out: Path) -> None:
+    write_result(out, "scale", result, markdown(result))
+    scenarios = result["scenarios"]
+    labels = [f"{n} {p['cohort']:,}" for n, s in scenarios.items() for p in s["points"]]
+    bar_plot(labels, [p["driver_peak_rss_rounds_bytes"] / 2**20 for s in scenarios.values() for p in s["points"]],
+             "driver peak RSS during rounds (MiB)", "Benchmark C: driver memory by cohort", out / "scale_memory.png")
+
+
+def print_report(result: dict, out: Path, console: Console) -> None:
+    """The table, then the targets last."""
+    table = Table(title=f"Benchmark C ({result['cores']} cores, population {result['population']:,}) -> {out}")
+    for col in ("scenario", "clients/round", "median round s", "updates/s", "driver peak", "increase"):
+        table.add_column(col, justify="right")
+    for name, s in result["scenarios"].items():
+        for p in s["points"]:
+            table.add_row(name, f"{p['cohort']:,}", f"{p['round_s_median']:.2f}", f"{p['updates_per_s']:.0f}",
+                          _mb(p["driver_peak_rss_rounds_bytes"]), _mb(p["driver_peak_rss_increase_rounds_bytes"]))
+    console.print(table)
+    for t in result["targets"]:
+        console.print(escape(f"{t['name']}: {t['value']} ({verdict_text(t)})"))
