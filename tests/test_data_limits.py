@@ -19,7 +19,7 @@ import pytest
 from test_data_readers import IDX_NAMES, assert_data_error, idx_bytes, write_cifar10, write_idx_set
 
 from conftest import write_leaf
-from raysim.benchmarks.scale import PeakRss
+from raysim.benchmarks.scale_run import PeakRss
 from raysim.data import leaf
 from raysim.data.cifar import MAX_CIFAR_BATCH_BYTES, load_cifar
 from raysim.data.errors import DataError

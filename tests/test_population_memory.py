@@ -43,7 +43,7 @@ def test_expected_rows_per_user_matches_the_generator(synthetic):
 
 _MEASURE = """
 import json, sys
-from raysim.benchmarks.scale import PeakRss
+from raysim.benchmarks.scale_run import PeakRss
 from raysim.config import DataConfig
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
