@@ -201,6 +201,25 @@ def test_tiny_benchmark_writes_the_comparison_from_the_runs_rows(tmp_path, tiny_
     assert "T1 (" not in printed
 
 
+def test_dense_algorithms_run_beside_fedavg_only_when_named(tmp_path, tiny_base):
+    dense = {"fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold"}
+    assert {a.label for a in all_arms() if a.group == "dense"} == dense
+    assert not dense & {a.label for a in select_arms(None)}  # the default set fills the budget already
+    out = tmp_path / "bench"
+    args = _parse(["bench", "savings", "--rounds", "2", "--seeds", "0", "--arms", "fedprox", "scaffold",
+                   "--out", str(out), "--config", str(tiny_base)])
+    assert bench_main(args) == 0
+    result = json.loads((out / "comparison.json").read_text())
+    runs = {r["label"]: r for r in result["runs"]}
+    assert set(runs) == {"fedavg", "fedprox", "scaffold"}
+    assert load_config(Path(runs["scaffold"]["run_dir"]) / "config.yaml").algorithm.name == "scaffold"
+    arms = result["per_arm"]
+    # SCAFFOLD also sends control variates: more bytes for the same training FLOPs, and the table says so.
+    scaffold = arms["scaffold"]["reduction_vs_fedavg_pct"]["incl_exploration"]
+    assert scaffold["bytes_total"]["mean"] > 0 and scaffold["flops_executed"]["mean"] == pytest.approx(0)
+    assert "| scaffold |" in (out / "comparison.md").read_text() and "| fedprox |" in (out / "comparison.md").read_text()
+
+
 def test_refuses_a_non_empty_out_before_any_work(tmp_path, tiny_base):
     out = tmp_path / "bench"
     out.mkdir()

@@ -23,6 +23,9 @@ AUTOFLIP = "autoflip"
 CONTROLS = ("hybrid_random", "hybrid_magnitude")
 SWEEP_METHODS = (AUTOFLIP, *CONTROLS)
 MATCHED = ("prunefl", "feddst")  # density taken from AutoFLIP at P1 on the same seed
+# Dense FL algorithms beside FedAvg, with their registered default parameters; opt-in
+# (--arms), since the default set already fills the hour's budget.
+DENSE = ("fedprox", "fedadam", "fedyogi", "fedadagrad", "scaffold")
 REFERENCE_POINT = "P1"
 
 # level -> (structured_fraction, sparsity); the order is the order of the sweep.
@@ -34,7 +37,7 @@ OPERATING_POINTS = ("P1", "P2")
 class Arm:
     label: str
     method: str
-    group: str  # baseline | sweep | matched | ablation
+    group: str  # baseline | sweep | matched | ablation | dense
     point: str | None = None
     pruning: dict = field(default_factory=dict)
 
@@ -64,19 +67,21 @@ ABLATIONS = (
 
 def all_arms() -> list[Arm]:
     """Every arm, in run order: FedAvg, AutoFLIP at P1 (the matched baselines need its
-    density), the sweep, the matched baselines, the ablations."""
+    density), the sweep, the matched baselines, the ablations, the dense algorithms."""
     sweep = [Arm(autoflip_label(level) if m == AUTOFLIP else f"{m}@{level}", m, "sweep", level, _at(level))
              for level in LEVELS for m in SWEEP_METHODS]
     sweep.sort(key=lambda a: a.label != autoflip_label(REFERENCE_POINT))
     matched = [Arm(f"{m}@{REFERENCE_POINT}", m, "matched", REFERENCE_POINT) for m in MATCHED]
-    return [Arm(BASELINE, BASELINE, "baseline"), *sweep, *matched, *ABLATIONS]
+    dense = [Arm(m, m, "dense") for m in DENSE]
+    return [Arm(BASELINE, BASELINE, "baseline"), *sweep, *matched, *ABLATIONS, *dense]
 
 
 def select_arms(labels: list[str] | None) -> list[Arm]:
-    """The arms named (all by default), always with FedAvg and, for a matched baseline, autoflip@P1."""
+    """The arms named (by default all but the dense algorithms), always with FedAvg and, for a
+    matched baseline, autoflip@P1."""
     arms = all_arms()
     if not labels:
-        return arms
+        return [a for a in arms if a.group != "dense"]
     known = {a.label for a in arms}
     unknown = [x for x in labels if x not in known]
     if unknown:

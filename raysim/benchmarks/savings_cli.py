@@ -16,7 +16,9 @@ def add_savings_parser(which: argparse._SubParsersAction) -> None:
     s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds to run, in order, while the budget lasts (default 0 1 2)")
     s.add_argument("--rounds", type=int, help="fixed rounds per run (default: the most that fit the budget, up to the config's rounds)")
     s.add_argument("--arms", nargs="+", choices=[a.label for a in all_arms()], metavar="ARM",
-                   help="arms to run (default: all); fedavg always runs, and autoflip@P1 with a matched baseline")
+                   help="arms to run (default: all but the dense algorithms fedprox, fedadam, fedyogi, fedadagrad, "
+                        "scaffold, which run only when named); fedavg always runs, and autoflip@P1 with a matched "
+                        "baseline")
     s.add_argument("--out", type=Path, help="output folder, new or empty (default: results/savings-<timestamp>)")
     s.add_argument("--config", type=Path, help=f"base experiment config (default: the embedded {SAVINGS_CONFIG.name}; "
                                                "targets T1-T4 are judged on that workload only)")
