@@ -1,7 +1,7 @@
 """The Kubernetes manifests in cluster/, checked offline.
 
 RayCluster and RayJob documents are validated against KubeRay v1.7.0's CRD schemas
-(shared/kuberay-crds, the served version v1) *strictly*: a CRD schema lets unknown
+(vendored in tests/data, the served version v1) *strictly*: a CRD schema lets unknown
 fields through (the API server prunes them silently, so a misspelt `replica` just
 vanishes), so every object schema that declares `properties` is closed with
 `additionalProperties: false`, as `kubectl apply --validate=strict` would reject them.
@@ -36,8 +36,8 @@ CLUSTER = REPO / "cluster"
 DOCKERFILE = CLUSTER / "Dockerfile"
 
 
-# The KubeRay v1.7.0 CRDs, vendored gzipped (from the team's shared/kuberay-crds) so the
-# test runs on any clean clone; where shared/ is present, they are checked to be the same.
+# The KubeRay v1.7.0 CRDs (the operator's released config/crd files), vendored gzipped so
+# the test runs on any clean clone.
 CRDS = Path(__file__).resolve().parent / "data" / "kuberay-crds-v1.7.0"
 
 
@@ -572,11 +572,3 @@ def test_pod_monitor_scrapes_ray_metrics_and_the_driver_exporter():
                     f"{owner} head: `raysim-metrics` must be the config's metrics.port {cfg.metrics.port}"
                 )
                 assert ports.get("dashboard") == 8265
-
-
-def test_vendored_crds_are_the_shared_kuberay_v1_7_0_ones():
-    shared = next((b / "shared" / "kuberay-crds" for b in REPO.parents if (b / "shared" / "kuberay-crds").is_dir()), None)
-    if shared is None:
-        pytest.skip("no shared/kuberay-crds beside this checkout to compare with")
-    for filename in CRD_FILES.values():
-        assert _crd_text(filename) == (shared / filename).read_text(), filename
