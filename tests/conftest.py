@@ -163,3 +163,24 @@ def masked_round(small_config):
     mask = torch.zeros(10 * 60, dtype=torch.bool)
     mask[torch.randperm(mask.numel(), generator=torch.Generator().manual_seed(0))[:240]] = True
     return plan_round(cfg, 1, [0, 1, 2, 3, 4, 10], {"classifier.weight": mask.reshape(10, 60)})
+
+
+def crashed_run(cfg, monkeypatch, crash_round: int) -> Path:
+    """A new run of `cfg` killed (KeyboardInterrupt, as a Ctrl-C or a lost driver would end
+    it) while evaluating after round `crash_round`; its folder, ready for --resume."""
+    from raysim.engine.loop import Evaluator
+    from raysim.experiment import execute, new_run
+
+    run_dir = new_run(cfg)
+    original = Evaluator.__call__
+
+    def crash(self, state):
+        if state.round == crash_round:
+            raise KeyboardInterrupt("simulated crash")
+        return original(self, state)
+
+    monkeypatch.setattr(Evaluator, "__call__", crash)
+    with pytest.raises(KeyboardInterrupt):
+        execute(cfg, run_dir)
+    monkeypatch.setattr(Evaluator, "__call__", original)
+    return run_dir

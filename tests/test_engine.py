@@ -5,13 +5,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from conftest import MIXED_DEVICES, plan_round
+from conftest import MIXED_DEVICES, crashed_run, plan_round
 from raysim.algorithms.fedavg import FedAvg
 from raysim.algorithms.server_update import MOMENTUM_PREFIX
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
 from raysim.engine.clock import ClockPredictor
-from raysim.engine.loop import Evaluator
 from raysim.engine.runner import ClientRunner
 from raysim.experiment import execute, model_factory, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -58,18 +57,7 @@ def test_resume_reaches_the_same_model(small_config, monkeypatch):
     cfg = small_config(rounds=4, output={"checkpoint_every": 2})
     _, _, full, full_rows = _run(cfg)
 
-    crashed = new_run(cfg)
-    original = Evaluator.__call__
-
-    def crash_in_round_3(self, state):
-        if state.round == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, state)
-
-    monkeypatch.setattr(Evaluator, "__call__", crash_in_round_3)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, crashed)
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    crashed = crashed_run(cfg, monkeypatch, crash_round=3)
     assert load_checkpoint(latest_checkpoint(crashed)).round == 2
 
     execute(cfg, crashed, resume=True)

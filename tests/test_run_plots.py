@@ -5,10 +5,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 from matplotlib.image import imread
 
-from raysim.engine.loop import Evaluator
+from conftest import crashed_run
 from raysim.experiment import execute, new_run
 from raysim.results.plots import PLOT_FILES, PLOTS_DIR, Curves, figures, time_unit, wide_range
 from raysim.results.round_log import read_rounds
@@ -95,18 +94,7 @@ def _plots(run_dir):
 
 def test_every_run_draws_its_plots_and_a_resumed_run_redraws_them(small_config, monkeypatch):
     cfg = small_config(rounds=4, output={"checkpoint_every": 2})
-    run_dir = new_run(cfg)
-    original = Evaluator.__call__
-
-    def crash_in_round_3(self, state):
-        if state.round == 3:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, state)
-
-    monkeypatch.setattr(Evaluator, "__call__", crash_in_round_3)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, run_dir)
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    run_dir = crashed_run(cfg, monkeypatch, crash_round=3)
     assert not (run_dir / PLOTS_DIR).exists()  # drawn at the end of a run
 
     import raysim.experiment

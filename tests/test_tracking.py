@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+from conftest import crashed_run
 from raysim.cli import main
-from raysim.engine.loop import Evaluator
 from raysim.experiment import execute, new_run
 from raysim.results.round_log import read_rounds
 from raysim.results.tracking import MLFLOW_DIR, TENSORBOARD_DIR, round_metrics, store_uri
@@ -33,18 +33,7 @@ def _same(a: list[tuple[int, float]], b: list[tuple[int, float]]) -> bool:
 
 
 def _crash_then_resume(cfg, monkeypatch, crash_round: int):
-    run_dir = new_run(cfg)
-    original = Evaluator.__call__
-
-    def crash(self, state):
-        if state.round == crash_round:
-            raise KeyboardInterrupt("simulated crash")
-        return original(self, state)
-
-    monkeypatch.setattr(Evaluator, "__call__", crash)
-    with pytest.raises(KeyboardInterrupt):
-        execute(cfg, run_dir)
-    monkeypatch.setattr(Evaluator, "__call__", original)
+    run_dir = crashed_run(cfg, monkeypatch, crash_round)
     execute(cfg, run_dir, resume=True)
     return run_dir
 
