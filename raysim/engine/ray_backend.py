@@ -68,6 +68,7 @@ class ClientWorker:
         x = self.dataset.train.x
         return {
             "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "resources": ray.get_runtime_context().get_assigned_resources(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.device,
             "threads": torch.get_num_threads(), "data_zero_copy": not x.flags.owndata and not x.flags.writeable,
         }
@@ -185,13 +186,28 @@ class RayBackend(Backend):
         self._actor_cls = ray.remote(ClientWorker).options(
             num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0, max_task_retries=0,
         )
+        self._unreported: list = []  # info() references of started workers, for new_workers
         self.workers = [self._spawn(i) for i in range(self.size)]
         self._round = 0
         self._pool_info: dict[str, float] = {}
         self.replaced = 0  # workers replaced after dying, over the backend's life
 
     def _spawn(self, index: int):
-        return self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
+        actor = self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
+        self._unreported.append(actor.info.remote())
+        return actor
+
+    def new_workers(self) -> list[dict]:
+        """Workers that answered since the last call, in start order; one that died first is left out."""
+        answered, _ = ray.wait(self._unreported, num_returns=len(self._unreported), timeout=0)
+        out = []
+        for ref in [r for r in self._unreported if r in answered]:
+            try:
+                out.append(ray.get(ref))
+            except RayActorError:
+                pass
+        self._unreported = [r for r in self._unreported if r not in answered]
+        return out
 
     def _replace(self, index: int) -> None:
         ray.kill(self.workers[index], no_restart=True)
