@@ -1,6 +1,7 @@
 """A real multi-node Ray cluster on this machine (a head and worker nodes started with
 `ray start --address`, one CPU each, token authentication on): workers spread over the
-nodes and are recorded.
+nodes and are recorded, a node lost mid-round costs retries and never the run, and a
+node that joins is used from the next round.
 
 The runs are driver processes of their own (tests/multinode_driver.py), so this pytest
 process keeps its own local Ray for the other tests. Every wait is bounded: a
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from ray_nodes import start_cluster, stop_cluster
+from ray_nodes import start_cluster, stop_cluster, wait_for
 
 from raysim.config import config_to_yaml
 from raysim.experiment import execute, new_run
@@ -99,4 +100,55 @@ def test_a_two_node_run_spreads_workers_and_records_them(cluster, small_config, 
 
     rows = read_rounds(run_dir)
     want_rows, want_weights = _in_process(small_config, rounds=3, backend={"name": "inprocess"}, **EXTRA)
+    _assert_same_run(rows, _final_weights(run_dir), want_rows, want_weights)
+
+
+def _running_on(cluster, node: str) -> bool:
+    """A ClientWorker of `node` is inside a `run` call: the round is under way there."""
+    for pid in cluster.processes(node):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0] == b"ray::ClientWorker.run":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def test_a_node_lost_mid_round_costs_retries_and_a_node_that_joins_is_used(cluster, small_config, tmp_path):
+    rounds = 8
+    extra = dict(EXTRA, clients={"per_round": 8, "local_epochs": 3}, rounds=rounds)
+    backend = {"name": "ray", "address": cluster.address, "num_workers": 2, "clients_per_call": 1,
+               "placement_timeout_s": 5}
+    pause = tmp_path / "pause"
+    pause.mkdir()
+    proc = _driver(cluster, small_config(backend=backend, **extra), tmp_path, pause)
+    try:
+        wait_for(lambda: proc.poll() is not None or _running_on(cluster, "node1"), 120,
+                 "a worker of node1 to run clients")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        killed = cluster.kill_node("node1")
+        assert killed
+        # The old backend waited here for ever: its replacement never found a CPU.
+        wait_for(lambda: (pause / "paused").exists() or proc.poll() is not None, 90,
+                 "a round to finish on the shrunken pool")
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        cluster.add_node("node2")
+        (pause / "resume").touch()
+        run_dir, err = _finish(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+    assert err.count("the worker pool shrinks to 1 worker") == 1, err
+    assert err.count("the worker pool grows from 1 to 2 workers") == 1, err
+    rows = sorted((r for r in read_rounds(run_dir) if r["phase"] == "train"), key=lambda r: r["round"])
+    sizes = [r["workers"] for r in rows]
+    shrunk = sizes.index(1)
+    assert sizes[:shrunk] == [2] * shrunk and sizes[-1] == 2, sizes
+    workers = read_jsonl(run_dir / WORKERS_FILE)
+    assert len(workers) == 3
+    joined = workers[2]
+    assert joined["node"] not in {w["node"] for w in workers[:2]} and joined["start_round"] > rows[shrunk]["round"]
+    # Every client accounted once, and the aggregate is the undisturbed run's.
+    want_rows, want_weights = _in_process(small_config, backend={"name": "inprocess"}, **extra)
     _assert_same_run(rows, _final_weights(run_dir), want_rows, want_weights)

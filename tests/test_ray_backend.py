@@ -12,6 +12,7 @@ import psutil
 import pytest
 import ray.cloudpickle
 import torch
+from ray.exceptions import ObjectLostError
 
 from conftest import plan_round
 from raysim.data.loading import load_federated_dataset
@@ -127,6 +128,31 @@ def test_worker_dying_mid_round_is_replaced_and_its_clients_rerun_once(small_con
     _assert_same_aggregate(again, want)
 
 
+class _LosesOnePartial(RayBackend):
+    """Its first merge finds a partial gone, as when a node dies holding a finished sum."""
+
+    lost = 0
+
+    def _reduce(self, leaves):
+        if not self.lost:
+            self.lost += 1
+            raise ObjectLostError("00" * 28, None, "a test")
+        return super()._reduce(leaves)
+
+
+def test_a_partial_lost_before_the_merge_reruns_the_rounds_clients_once(small_config, capfd):
+    cfg = small_config(data={"num_clients": 12}, backend={"name": "ray", "num_workers": 2, "clients_per_call": 3})
+    ds, pop, runner, plan = _round(cfg)
+    backend = _LosesOnePartial(lambda d, dev: build_runner(cfg, pop, d, dev), ds, cfg.backend)
+    try:
+        got = backend.run(plan.tasks, plan.broadcast)
+    finally:
+        backend.close()
+    assert backend.lost == 1 and got.failures == [] and got.train.done == len(plan.tasks)
+    _assert_same_aggregate(got, runner.run(plan.tasks, plan.broadcast))
+    assert capfd.readouterr().err.count("the merge lost a partial (ObjectLostError)") == 1
+
+
 def test_worker_dying_every_time_fails_its_clients_after_bounded_retries(small_config):
     cfg = small_config(data={"num_clients": 12},
                        backend={"name": "ray", "num_workers": 2, "clients_per_call": 2, "max_retries": 1})
@@ -156,9 +182,10 @@ def test_fractional_gpu_workers_share_the_declared_gpus(small_config):
     backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
     try:
         info = backend.worker_info()
+        size = backend.size
     finally:
         backend.close()
-    assert backend.size == 4  # 2 fake GPUs / 0.5, and 2 CPUs / 0.5
+    assert size == 4  # 2 fake GPUs / 0.5, and 2 CPUs / 0.5
     assert Counter(g for i in info for g in i["gpu_ids"]) == {"0": 2, "1": 2}
     # Fake GPUs have no CUDA behind them: workers fall back to the CPU with one thread.
     assert all(i["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and i["threads"] == 1 for i in info)
