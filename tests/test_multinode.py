@@ -1,7 +1,7 @@
 """A real multi-node Ray cluster on this machine (a head and worker nodes started with
 `ray start --address`, one CPU each, token authentication on): workers spread over the
-nodes and are recorded, a node lost mid-round costs retries and never the run, and a
-node that joins is used from the next round.
+nodes and are recorded, partials merge per node first, a node lost mid-round costs
+retries and never the run, and a node that joins is used from the next round.
 
 The runs are driver processes of their own (tests/multinode_driver.py), so this pytest
 process keeps its own local Ray for the other tests. Every wait is bounded: a
@@ -20,7 +20,7 @@ from ray_nodes import start_cluster, stop_cluster, wait_for
 from raysim.config import config_to_yaml
 from raysim.experiment import execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
-from raysim.results.cluster_log import WORKERS_FILE, read_jsonl
+from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE, read_jsonl
 from raysim.results.round_log import read_rounds
 
 DRIVER = Path(__file__).with_name("multinode_driver.py")
@@ -82,8 +82,8 @@ def cluster():
         stop_cluster(c)
 
 
-def test_a_two_node_run_spreads_workers_and_records_them(cluster, small_config, tmp_path):
-    # Four half-CPU workers on two one-CPU nodes: two per node.
+def test_a_two_node_run_spreads_workers_records_them_and_merges_per_node(cluster, small_config, tmp_path):
+    # Four half-CPU workers on two one-CPU nodes: two per node, so each node has something to merge.
     backend = {"name": "ray", "address": cluster.address, "num_workers": 4, "num_cpus_per_worker": 0.5,
                "clients_per_call": 2, "fan_in": 4}
     cfg = small_config(rounds=3, backend=backend, **EXTRA)
@@ -98,7 +98,16 @@ def test_a_two_node_run_spreads_workers_and_records_them(cluster, small_config, 
         assert w["cpus"] == 0.5 and w["gpus"] == 0.0 and w["device"] == "cpu"
         assert w["start_round"] == 1
 
+    merges = read_jsonl(run_dir / MERGES_FILE)
     rows = read_rounds(run_dir)
+    for r in range(1, 4):
+        train = [m for m in merges if m["round"] == r and m["phase"] == "train"]
+        # One merge on each node of its own two partials, then the root: one partial crosses.
+        assert [(m["inputs"], m["remote_inputs"]) for m in train] == [(2, 0), (2, 0), (2, 1)], train
+        assert {m["node"] for m in train[:2]} == set(nodes) and train[2]["node"] == train[0]["node"]
+        row = next(x for x in rows if x["round"] == r)
+        assert row["cross_node_partials"] == 1 and row["merge_nodes"] == 2 and row["nodes"] == 2
+
     want_rows, want_weights = _in_process(small_config, rounds=3, backend={"name": "inprocess"}, **EXTRA)
     _assert_same_run(rows, _final_weights(run_dir), want_rows, want_weights)
 

@@ -18,7 +18,14 @@ from conftest import plan_round
 from raysim.data.loading import load_federated_dataset
 from raysim.engine.api import ClientTask
 from raysim.engine.backend import InProcessBackend
-from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
+from raysim.engine.ray_backend import (
+    RayBackend,
+    balance,
+    node_tree_reduce,
+    pool_size,
+    predicted_cost,
+    tree_reduce,
+)
 from raysim.engine.stats import Partial, WeightedSum, merge_all
 from raysim.experiment import build_runner, execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -261,13 +268,37 @@ def test_tree_reduce_is_fixed_order_and_complete():
     assert torch.equal(a.stats["d"].total["w"], b.stats["d"].total["w"])
 
 
+def test_node_tree_reduce_merges_each_node_first_in_a_fixed_order():
+    """Leaves of nodes a and b interleaved: each node's leaves merge on that node, in their
+    order, then the nodes' roots merge on the first node (a, which holds the first leaf)."""
+    nodes = ["a", "b", "a", "b", "a", "b", "a"]
+    refs = [ray.put(p) for p in _order_leaves()]
+    merges = []
+
+    def merge(node, group):
+        merges.append((node, len(group)))
+        return _merge_task.remote(*group)
+
+    root = ray.get(node_tree_reduce(list(zip(nodes, refs, strict=True)), 3, merge))
+    assert merges == [("a", 3), ("a", 2), ("b", 3), ("a", 2)]  # a: (0 2 4) then 6; b: (1 3 5); across
+    assert [f.client for f in root.failures] == [0, 2, 4, 6, 1, 3, 5]
+    v = ORDER_LEAVES
+    want = (((v[0] + v[2]) + v[4]) + v[6]) + ((v[1] + v[3]) + v[5])
+    assert root.stats["d"].total["w"].item() == want
+    again = ray.get(node_tree_reduce(list(zip(nodes, refs, strict=True)), 3, merge))
+    assert torch.equal(root.stats["d"].total["w"], again.stats["d"].total["w"])
+    # All on one node: exactly the single-node tree.
+    single = ray.get(node_tree_reduce([("n", r) for r in refs], 3, lambda node, group: _merge_task.remote(*group)))
+    _assert_merged_in_tree_order(single)
+
+
 def test_the_pools_own_merge_keeps_the_tree_order(small_config):
     """The merge a run really uses: tree nodes on the pool's worker actors."""
     cfg = small_config(backend={"name": "ray", "num_workers": 2, "fan_in": 3})
     ds, pop, _, _ = _round(cfg)
     backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
     try:
-        root = backend._reduce([ray.put(p) for p in _order_leaves()])
+        root = backend._reduce([("n", ray.put(p)) for p in _order_leaves()])
     finally:
         backend.close()
     _assert_merged_in_tree_order(root)

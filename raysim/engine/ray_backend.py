@@ -7,7 +7,8 @@
   clients at a time, two calls deep, and watches them with `ray.wait`.
 - Every worker sums its clients into one Partial it keeps until the round ends;
   the partials merge through a tree of calls on the pool's actors with a fixed
-  fan-in and order, so the driver only ever receives the root.
+  fan-in and order, first on each node, then across nodes (one partial per node
+  crosses the network), so the driver only ever receives the root.
 - A worker that dies is replaced and all of its clients for the round rerun
   (its running sum died with it, so nothing is counted twice), at most
   `max_retries` times; after that its clients are reported as failed.
@@ -169,6 +170,20 @@ def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
     return fit
 
 
+def node_tree_reduce(leaves: list[tuple[str, object]], fan_in: int, merge: Callable[[str, list], object]):
+    """Merge (node, partial reference) leaves on their own node first, then across nodes, so
+    one partial per node crosses the network. Nodes are taken in order of their first leaf and
+    each node's leaves in their given order: the order is fixed by the leaves' order and
+    placement. `merge(node, group)` submits one merge on `node`; returns the root's reference."""
+    by_node: dict[str, list] = {}
+    for node, ref in leaves:
+        by_node.setdefault(node, []).append(ref)
+    roots = [tree_reduce(refs, fan_in, lambda _, group, n=node: merge(n, group)) for node, refs in by_node.items()]
+    first = next(iter(by_node), "")
+    # Across nodes: on the first node, whose own partial then needs no transfer.
+    return tree_reduce(roots, fan_in, lambda _, group: merge(first, group))
+
+
 @dataclass
 class _Worker:
     """A pool member: its actor, an id that is never reused (for logs), and its info() once placed."""
@@ -196,6 +211,7 @@ class _WorkerRound:
     busy_s: float = 0.0
     finished: object = None  # (count ref, partial ref) once `finish` was submitted
     done: bool = False  # `finish` answered with the right count
+    node: str = ""  # where its partial lives
     failed_reason: str | None = None
     chunks: list[list[ClientTask]] = field(default_factory=list)
 
@@ -223,8 +239,11 @@ class RayBackend(Backend):
         self._pool_info: dict[str, float] = {}
         self.replaced = 0  # workers replaced after dying, over the backend's life
         self.started: list[dict] = []  # info() of every worker that was placed, in order
+        self.merges: list[dict] = []  # the last run's merges: node and inputs, in submission order
         self._placement_failed: dict | None = None  # cluster resources when a placement last timed out
+        self._homes: dict = {}  # partial reference -> node it lives on, during a merge
         self._reported_workers = 0
+        self._merge_log: list[dict] = []  # merges not yet handed to new_merges
 
     @property
     def size(self) -> int:
@@ -308,6 +327,10 @@ class RayBackend(Backend):
         out, self._reported_workers = self.started[self._reported_workers:], len(self.started)
         return out
 
+    def new_merges(self) -> list[dict]:
+        out, self._merge_log = self._merge_log, []
+        return out
+
     def wait_ready(self) -> None:
         """Every actor has built its runner (the first pool waits as long as it takes)."""
         for w in self.pool:
@@ -324,15 +347,17 @@ class RayBackend(Backend):
         start = time.perf_counter()
         self._round += 1
         replaced_before = self.replaced
+        self.merges = []
         if not tasks:
             return Partial()
         self._grow()
         box = [ray.put(broadcast)]  # once per round, passed by reference
         for attempt in range(self.cfg.max_retries + 1):
             states = self._run_clients(tasks, box)
-            leaves = [st.finished[1] for st in states if st.done]
+            leaves = [(st.node, st.finished[1]) for st in states if st.done]
             try:
                 partial = self._reduce(leaves)
+                self._merge_log += [{"phase": tasks[0].kind, **m} for m in self.merges]
                 break
             except RayError as exc:  # a partial lost with its node, or a merging worker died
                 if attempt == self.cfg.max_retries:
@@ -345,9 +370,13 @@ class RayBackend(Backend):
                 for t in st.tasks:
                     partial.add_failure(t.round, t.client, t.kind, st.failed_reason)
         wall = time.perf_counter() - start
+        nodes = {m["node"] for m in self.merges}
         self._pool_info = {"workers": float(self.size),
                            "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (max(self.size, 1) * wall)),
-                           "workers_replaced": float(self.replaced - replaced_before)}
+                           "workers_replaced": float(self.replaced - replaced_before),
+                           "nodes": float(len({w.node for w in self.pool})),
+                           "cross_node_partials": float(sum(m["remote_inputs"] for m in self.merges)),
+                           "merge_nodes": float(len(nodes))}
         return partial
 
     def _run_clients(self, tasks: Sequence[ClientTask], box: list) -> list[_WorkerRound]:
@@ -393,27 +422,42 @@ class RayBackend(Backend):
                                   box, pending, orphans, idle)
                 assign()
             else:
-                st.done = True
+                st.done, st.node = True, st.worker.node
                 idle.append(st.worker)
                 assign()
         for st in orphans:  # no worker was left to take them
             st.failed_reason = f"no worker left to rerun them (attempt {st.attempt})"
         return states
 
-    def _reduce(self, leaves: list) -> Partial:
-        """The tree merge on the pool; a worker dying mid-merge is replaced and the merge redone
-        from the leaves, which live in the object store, not in the workers."""
+    def _reduce(self, leaves: list[tuple[str, object]]) -> Partial:
+        """The merge on the pool: per node on that node's workers, then across nodes. A worker
+        dying mid-merge is replaced and the merge redone from the leaves, which live in the
+        object store, not in the workers."""
         for attempt in range(self.cfg.max_retries + 1):
+            self.merges = []
+            self._homes = {ref: node for node, ref in leaves}  # where each input partial lives
             try:
-                pool = self.pool
-                return ray.get(tree_reduce(leaves, self.cfg.fan_in,
-                                           lambda node, group: pool[node % len(pool)].actor.merge.remote(*group)))
+                return ray.get(node_tree_reduce(leaves, self.cfg.fan_in, self._merge_on))
             except RayActorError:
                 if attempt == self.cfg.max_retries:
                     raise
                 for w in self._dead_workers():
                     self._replace(w)
         raise AssertionError("unreachable")
+
+    def _merge_on(self, node: str, group: list):
+        """One merge on a pool worker of `node` (merges take turns over that node's workers), or
+        on any worker when the node has none left. Which inputs came from elsewhere is recorded:
+        a partial is on the node of the worker or merge that made it."""
+        local = [w for w in self.pool if w.node == node] or self.pool
+        n = sum(1 for m in self.merges if m["node"] == local[0].node)
+        worker = local[n % len(local)]
+        ref = worker.actor.merge.remote(*group)
+        homes = [self._homes.get(r, "") for r in group]
+        self._homes[ref] = worker.node
+        self.merges.append({"node": worker.node, "worker": worker.id, "inputs": len(group),
+                            "remote_inputs": sum(1 for h in homes if h != worker.node)})
+        return ref
 
     def _dead_workers(self) -> list[_Worker]:
         pings = {w.actor.info.remote(): w for w in self.pool}
