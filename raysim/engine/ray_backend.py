@@ -310,7 +310,7 @@ class RayBackend(Backend):
             del self.pool[i]
             _warn(f"worker {dead.id} died and no replacement could be placed within "
                   f"backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (a node lost?): the worker "
-                  f"pool shrinks to {self.size} worker(s); its clients rerun on the others")
+                  f"pool shrinks to {self.size} worker{'' if self.size == 1 else 's'}; its clients rerun on the others")
             return None
         self.pool[i] = worker
         self.replaced += 1
