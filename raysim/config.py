@@ -238,6 +238,10 @@ class BackendConfig(_Section):
     fan_in: int = Field(4, ge=2, description="partials merged per node of the aggregation tree")
     clients_per_call: int = Field(32, ge=1, description="clients sent to a worker per remote call")
     max_retries: int = Field(3, ge=0, description="times a dead worker's clients are retried within one round")
+    placement_timeout_s: float = Field(
+        30.0, gt=0, description="seconds a new or replacement worker may take to start; past it, the pool shrinks "
+                                "to what the cluster holds (a lost node's CPUs are gone)"
+    )
 
 
 class MetricsConfig(_Section):

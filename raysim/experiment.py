@@ -34,6 +34,7 @@ from raysim.engine.seeds import derive_seed
 from raysim.models import build_model
 from raysim.registry import import_object, is_import_path, local_packages, preload, top_package
 from raysim.results.checkpoint import CHECKPOINT_DIR, Checkpointer, checkpoint_stems, newest_intact
+from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE, ClusterLog
 from raysim.results.failure_log import FAILURES_FILE, FailureLog
 from raysim.results.health import DivergenceStop
 from raysim.results.plots import PLOTS_DIR, draw_run_plots
@@ -155,7 +156,7 @@ def discard_unstarted(run_dir: Path) -> bool:
     else in it is left, with the folder). Returns whether the folder is gone."""
     if (run_dir / ROUNDS_FILE).exists():
         return False
-    for name in (CONFIG_FILE, FAILURES_FILE, LOCK_FILE):
+    for name in (CONFIG_FILE, FAILURES_FILE, WORKERS_FILE, MERGES_FILE, LOCK_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for folder in RUN_OWNED_FOLDERS:  # what trackers and plots may have started writing
         shutil.rmtree(run_dir / folder, ignore_errors=True)
@@ -231,6 +232,7 @@ def _execute(cfg: ExperimentConfig, runner: ClientRunner, cohort: int, run_dir: 
         backend = build_backend(cfg, runner)
         backend.wait_ready()
         startup_s = time.perf_counter() - started  # worker start-up: its own number, not round 1's
+        callbacks.append(ClusterLog(run_dir, backend, state.round if resume else None))
         evaluator = Evaluator(dataset, factory, algorithm, backend, seed=cfg.seed, clients=cfg.eval.clients,
                               max_clients=cfg.eval.max_clients, batch_size=cfg.eval.batch_size)
         loop = RoundLoop(algorithm, backend, population, evaluator, callbacks, seed=cfg.seed, rounds=cfg.rounds,

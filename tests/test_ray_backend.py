@@ -12,12 +12,20 @@ import psutil
 import pytest
 import ray.cloudpickle
 import torch
+from ray.exceptions import ObjectLostError
 
 from conftest import plan_round
 from raysim.data.loading import load_federated_dataset
 from raysim.engine.api import ClientTask
 from raysim.engine.backend import InProcessBackend
-from raysim.engine.ray_backend import RayBackend, balance, pool_size, predicted_cost, tree_reduce
+from raysim.engine.ray_backend import (
+    RayBackend,
+    balance,
+    node_tree_reduce,
+    pool_size,
+    predicted_cost,
+    tree_reduce,
+)
 from raysim.engine.stats import Partial, WeightedSum, merge_all
 from raysim.experiment import build_runner, execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
@@ -127,6 +135,31 @@ def test_worker_dying_mid_round_is_replaced_and_its_clients_rerun_once(small_con
     _assert_same_aggregate(again, want)
 
 
+class _LosesOnePartial(RayBackend):
+    """Its first merge finds a partial gone, as when a node dies holding a finished sum."""
+
+    lost = 0
+
+    def _reduce(self, leaves):
+        if not self.lost:
+            self.lost += 1
+            raise ObjectLostError("00" * 28, None, "a test")
+        return super()._reduce(leaves)
+
+
+def test_a_partial_lost_before_the_merge_reruns_the_rounds_clients_once(small_config, capfd):
+    cfg = small_config(data={"num_clients": 12}, backend={"name": "ray", "num_workers": 2, "clients_per_call": 3})
+    ds, pop, runner, plan = _round(cfg)
+    backend = _LosesOnePartial(lambda d, dev: build_runner(cfg, pop, d, dev), ds, cfg.backend)
+    try:
+        got = backend.run(plan.tasks, plan.broadcast)
+    finally:
+        backend.close()
+    assert backend.lost == 1 and got.failures == [] and got.train.done == len(plan.tasks)
+    _assert_same_aggregate(got, runner.run(plan.tasks, plan.broadcast))
+    assert capfd.readouterr().err.count("the merge lost a partial (ObjectLostError)") == 1
+
+
 def test_worker_dying_every_time_fails_its_clients_after_bounded_retries(small_config):
     cfg = small_config(data={"num_clients": 12},
                        backend={"name": "ray", "num_workers": 2, "clients_per_call": 2, "max_retries": 1})
@@ -156,9 +189,10 @@ def test_fractional_gpu_workers_share_the_declared_gpus(small_config):
     backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
     try:
         info = backend.worker_info()
+        size = backend.size
     finally:
         backend.close()
-    assert backend.size == 4  # 2 fake GPUs / 0.5, and 2 CPUs / 0.5
+    assert size == 4  # 2 fake GPUs / 0.5, and 2 CPUs / 0.5
     assert Counter(g for i in info for g in i["gpu_ids"]) == {"0": 2, "1": 2}
     # Fake GPUs have no CUDA behind them: workers fall back to the CPU with one thread.
     assert all(i["device"] == ("cuda" if torch.cuda.is_available() else "cpu") and i["threads"] == 1 for i in info)
@@ -234,13 +268,37 @@ def test_tree_reduce_is_fixed_order_and_complete():
     assert torch.equal(a.stats["d"].total["w"], b.stats["d"].total["w"])
 
 
+def test_node_tree_reduce_merges_each_node_first_in_a_fixed_order():
+    """Leaves of nodes a and b interleaved: each node's leaves merge on that node, in their
+    order, then the nodes' roots merge on the first node (a, which holds the first leaf)."""
+    nodes = ["a", "b", "a", "b", "a", "b", "a"]
+    refs = [ray.put(p) for p in _order_leaves()]
+    merges = []
+
+    def merge(node, group):
+        merges.append((node, len(group)))
+        return _merge_task.remote(*group)
+
+    root = ray.get(node_tree_reduce(list(zip(nodes, refs, strict=True)), 3, merge))
+    assert merges == [("a", 3), ("a", 2), ("b", 3), ("a", 2)]  # a: (0 2 4) then 6; b: (1 3 5); across
+    assert [f.client for f in root.failures] == [0, 2, 4, 6, 1, 3, 5]
+    v = ORDER_LEAVES
+    want = (((v[0] + v[2]) + v[4]) + v[6]) + ((v[1] + v[3]) + v[5])
+    assert root.stats["d"].total["w"].item() == want
+    again = ray.get(node_tree_reduce(list(zip(nodes, refs, strict=True)), 3, merge))
+    assert torch.equal(root.stats["d"].total["w"], again.stats["d"].total["w"])
+    # All on one node: exactly the single-node tree.
+    single = ray.get(node_tree_reduce([("n", r) for r in refs], 3, lambda node, group: _merge_task.remote(*group)))
+    _assert_merged_in_tree_order(single)
+
+
 def test_the_pools_own_merge_keeps_the_tree_order(small_config):
     """The merge a run really uses: tree nodes on the pool's worker actors."""
     cfg = small_config(backend={"name": "ray", "num_workers": 2, "fan_in": 3})
     ds, pop, _, _ = _round(cfg)
     backend = _backend(cfg, ds, lambda d, dev: build_runner(cfg, pop, d, dev))
     try:
-        root = backend._reduce([ray.put(p) for p in _order_leaves()])
+        root = backend._reduce([("n", ray.put(p)) for p in _order_leaves()])
     finally:
         backend.close()
     _assert_merged_in_tree_order(root)

@@ -32,6 +32,14 @@ class Backend(ABC):
         """The worker pool during the last `run` (size, busy fraction), for the round log and metrics."""
         return {}
 
+    def new_workers(self) -> list[dict]:
+        """Workers started since the last call (their info: node, resources, device, pid)."""
+        return []
+
+    def new_merges(self) -> list[dict]:
+        """Merges of partials submitted since the last call (node, inputs, inputs from other nodes)."""
+        return []
+
 
 def worker_threads(cfg: BackendConfig) -> int:
     """Torch threads per worker: its whole CPUs, at least one."""

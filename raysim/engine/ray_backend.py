@@ -7,10 +7,15 @@
   clients at a time, two calls deep, and watches them with `ray.wait`.
 - Every worker sums its clients into one Partial it keeps until the round ends;
   the partials merge through a tree of calls on the pool's actors with a fixed
-  fan-in and order, so the driver only ever receives the root.
+  fan-in and order, first on each node, then across nodes (one partial per node
+  crosses the network), so the driver only ever receives the root.
 - A worker that dies is replaced and all of its clients for the round rerun
   (its running sum died with it, so nothing is counted twice), at most
   `max_retries` times; after that its clients are reported as failed.
+- A replacement that has not started within `placement_timeout_s` (its node is
+  gone, and the CPU with it) is given up: the pool shrinks and the clients rerun on
+  the next surviving worker that is free. Before each round the pool grows back
+  into resources the cluster has free (a node joined), up to `num_workers`.
 
 This is the only module that imports ray.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -27,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 import torch
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from raysim.config import BackendConfig, ConfigError
 from raysim.data.federated import FederatedDataset
@@ -68,6 +74,7 @@ class ClientWorker:
         x = self.dataset.train.x
         return {
             "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(), "resources": ray.get_runtime_context().get_assigned_resources(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.device,
             "threads": torch.get_num_threads(), "data_zero_copy": not x.flags.owndata and not x.flags.writeable,
         }
@@ -140,16 +147,21 @@ def balance(costs: np.ndarray, workers: int) -> list[list[int]]:
     return [sorted(a) for a in assigned]
 
 
+def workers_fitting(cfg: BackendConfig, resources: dict[str, float]) -> int:
+    """Workers of `cfg`'s size that `resources` (total or available) hold; 0 when none."""
+    fit = int(resources.get("CPU", 0) // cfg.num_cpus_per_worker)
+    if cfg.num_gpus_per_worker > 0:
+        fit = min(fit, int(round(resources.get("GPU", 0) / cfg.num_gpus_per_worker, 6)))
+    return max(fit, 0)
+
+
 def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
     """Workers that fit the cluster: CPUs / cpus-per-worker, and GPUs / gpus-per-worker when GPUs are asked for."""
     if cfg.num_workers is not None:
         return cfg.num_workers
-    fit = int(resources.get("CPU", 0) // cfg.num_cpus_per_worker)
-    if cfg.num_gpus_per_worker > 0:
-        gpus = resources.get("GPU", 0)
-        if gpus <= 0:
-            raise ValueError(f"backend.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has no GPU")
-        fit = min(fit, int(round(gpus / cfg.num_gpus_per_worker, 6)))
+    if cfg.num_gpus_per_worker > 0 and resources.get("GPU", 0) <= 0:
+        raise ValueError(f"backend.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has no GPU")
+    fit = workers_fitting(cfg, resources)
     if fit < 1:
         raise ValueError(
             f"the Ray cluster ({resources.get('CPU', 0):g} CPUs) fits no worker of "
@@ -158,18 +170,54 @@ def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
     return fit
 
 
+def node_tree_reduce(leaves: list[tuple[str, object]], fan_in: int, merge: Callable[[str, list], object]):
+    """Merge (node, partial reference) leaves on their own node first, then across nodes, so
+    one partial per node crosses the network. Nodes are taken in order of their first leaf and
+    each node's leaves in their given order: the order is fixed by the leaves' order and
+    placement. `merge(node, group)` submits one merge on `node`; returns the root's reference."""
+    by_node: dict[str, list] = {}
+    for node, ref in leaves:
+        by_node.setdefault(node, []).append(ref)
+    roots = [tree_reduce(refs, fan_in, lambda _, group, n=node: merge(n, group)) for node, refs in by_node.items()]
+    first = next(iter(by_node), "")
+    # Across nodes: on the first node, whose own partial then needs no transfer.
+    return tree_reduce(roots, fan_in, lambda _, group: merge(first, group))
+
+
+@dataclass
+class _Worker:
+    """A pool member: its actor, an id that is never reused (for logs), and its info() once placed."""
+
+    id: int
+    actor: object
+    ready: object  # reference of its first info() call: resolves once it is placed and built
+    info: dict | None = None
+
+    @property
+    def node(self) -> str:
+        return self.info["node"] if self.info else ""
+
+
 @dataclass
 class _WorkerRound:
-    """The driver's view of one worker during one round."""
+    """The driver's view of one share of a round's clients (a slot), run by one worker at a time."""
 
+    slot: int
     tasks: list[ClientTask]
+    worker: _Worker | None = None  # None while waiting for a worker (its own was lost)
     attempt: int = 0
     next_call: int = 0  # index into chunks
     in_flight: int = 0
     busy_s: float = 0.0
     finished: object = None  # (count ref, partial ref) once `finish` was submitted
+    done: bool = False  # `finish` answered with the right count
+    node: str = ""  # where its partial lives
     failed_reason: str | None = None
     chunks: list[list[ClientTask]] = field(default_factory=list)
+
+
+def _warn(message: str) -> None:
+    print(f"raysim: warning: {message}", file=sys.stderr, flush=True)
 
 
 class RayBackend(Backend):
@@ -177,7 +225,7 @@ class RayBackend(Backend):
         if not ray.is_initialized():
             raise RuntimeError("RayBackend needs ray.init() first (raysim.engine.ray_session does it for a run)")
         self.cfg = cfg
-        self.size = pool_size(cfg, ray.cluster_resources())
+        size = pool_size(cfg, ray.cluster_resources())
         self.train_sizes = dataset.client_train_sizes()
         self.holdout_sizes = dataset.holdout_counts
         self._factory = runner_factory
@@ -185,85 +233,211 @@ class RayBackend(Backend):
         self._actor_cls = ray.remote(ClientWorker).options(
             num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0, max_task_retries=0,
         )
-        self.workers = [self._spawn(i) for i in range(self.size)]
+        self._next_id = 0
+        self.pool = [self._spawn() for _ in range(size)]
         self._round = 0
         self._pool_info: dict[str, float] = {}
         self.replaced = 0  # workers replaced after dying, over the backend's life
+        self.started: list[dict] = []  # info() of every worker that was placed, in order
+        self.merges: list[dict] = []  # the last run's merges: node and inputs, in submission order
+        self._placement_failed: dict | None = None  # cluster resources when a placement last timed out
+        self._homes: dict = {}  # partial reference -> node it lives on, during a merge
+        self._reported_workers = 0
+        self._merge_log: list[dict] = []  # merges not yet handed to new_merges
 
-    def _spawn(self, index: int):
-        return self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
+    @property
+    def size(self) -> int:
+        return len(self.pool)
 
-    def _replace(self, index: int) -> None:
-        ray.kill(self.workers[index], no_restart=True)
-        self.workers[index] = self._spawn(index)
+    @property
+    def workers(self) -> list:
+        return [w.actor for w in self.pool]
+
+    def _spawn(self) -> _Worker:
+        index, self._next_id = self._next_id, self._next_id + 1
+        actor = self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
+        return _Worker(index, actor, actor.info.remote())
+
+    def _placed(self, worker: _Worker, timeout_s: float | None) -> bool:
+        """Wait (at most `timeout_s`) for `worker` to start; one that does not is killed."""
+        ready, _ = ray.wait([worker.ready], timeout=timeout_s)
+        try:
+            if ready:
+                worker.info = ray.get(worker.ready)
+                self.started.append(worker.info)
+                return True
+        except RayError:
+            pass
+        ray.kill(worker.actor, no_restart=True)
+        return False
+
+    def _new_worker(self) -> _Worker | None:
+        """A started worker, or None when the cluster cannot place one within the placement timeout.
+        After a timeout, no further worker is tried until the cluster's resources change (a node
+        joins or is declared dead), so a lost node costs one timeout, not one per worker or round."""
+        if self._placement_failed is not None and self._placement_failed == ray.cluster_resources():
+            return None
+        worker = self._spawn()
+        if self._placed(worker, self.cfg.placement_timeout_s):
+            return worker
+        self._placement_failed = ray.cluster_resources()
+        return None
+
+    def _grow(self) -> None:
+        """Before a round: workers for the resources nodes that joined brought (up to backend.num_workers)."""
+        if self.cfg.num_workers is not None and self.size >= self.cfg.num_workers:
+            return  # full: no need to ask the cluster
+        target = self.cfg.num_workers or workers_fitting(self.cfg, ray.cluster_resources())
+        missing = min(target - self.size, workers_fitting(self.cfg, ray.available_resources()))
+        if missing <= 0:
+            return
+        before = self.size
+        for _ in range(missing):
+            worker = self._new_worker()
+            if worker is None:
+                break
+            self.pool.append(worker)
+        if self.size > before:
+            _warn(f"the Ray cluster has room again: the worker pool grows from {before} to {self.size} workers")
+
+    def _replace(self, dead: _Worker) -> _Worker | None:
+        """Swap a dead worker for a new one in its place in the pool; None (and the pool shrinks,
+        with one log line) when the cluster cannot hold a new one."""
+        ray.kill(dead.actor, no_restart=True)
+        i = self.pool.index(dead)
+        worker = self._new_worker()
+        if worker is None:
+            del self.pool[i]
+            _warn(f"worker {dead.id} died and no replacement could be placed within "
+                  f"backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (a node lost?): the worker "
+                  f"pool shrinks to {self.size} worker{'' if self.size == 1 else 's'}; its clients rerun on the others")
+            return None
+        self.pool[i] = worker
         self.replaced += 1
+        return worker
 
     def worker_info(self) -> list[dict]:
-        return ray.get([w.info.remote() for w in self.workers])
+        self.wait_ready()
+        return [w.info for w in self.pool]
 
     def pool_info(self) -> dict[str, float]:
         return dict(self._pool_info)
 
+    def new_workers(self) -> list[dict]:
+        out, self._reported_workers = self.started[self._reported_workers:], len(self.started)
+        return out
+
+    def new_merges(self) -> list[dict]:
+        out, self._merge_log = self._merge_log, []
+        return out
+
     def wait_ready(self) -> None:
-        self.worker_info()  # answers once every actor has built its runner
+        """Every actor has built its runner (the first pool waits as long as it takes)."""
+        for w in self.pool:
+            if w.info is None:
+                w.info = ray.get(w.ready)
+                self.started.append(w.info)
 
     def close(self) -> None:
-        for w in self.workers:
-            ray.kill(w, no_restart=True)
-        self.workers = []
+        for w in self.pool:
+            ray.kill(w.actor, no_restart=True)
+        self.pool = []
 
     def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> Partial:
         start = time.perf_counter()
         self._round += 1
         replaced_before = self.replaced
+        self.merges = []
         if not tasks:
             return Partial()
+        self._grow()
         box = [ray.put(broadcast)]  # once per round, passed by reference
-        costs = predicted_cost(tasks, self.train_sizes, self.holdout_sizes)
-        states = [_WorkerRound([tasks[i] for i in idx]) for idx in balance(costs, self.size)]
-        for st in states:
-            self._restart_round(st)
-        pending: dict = {}  # ref -> (worker, attempt, "run" | "finish")
-        for w in range(self.size):
-            self._feed(w, states[w], box, pending)
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            w, attempt, what = pending.pop(ref)
-            st = states[w]
-            if attempt != st.attempt:
-                continue  # a reply from a worker already replaced
+        for attempt in range(self.cfg.max_retries + 1):
+            states = self._run_clients(tasks, box)
+            leaves = [(st.node, st.finished[1]) for st in states if st.done]
             try:
-                value = ray.get(ref)
-            except RayActorError as exc:
-                self._worker_died(w, st, exc, pending, box)
-                continue
-            if what == "run":
-                st.in_flight -= 1
-                st.busy_s += value
-                self._feed(w, st, box, pending)
-            elif value != len(st.tasks):  # count from `finish`
-                self._worker_died(w, st, RuntimeError(f"worker summed {value} of {len(st.tasks)} clients"),
-                                  pending, box)
-        leaves = [st.finished[1] for st in states if st.finished is not None and st.failed_reason is None]
-        partial = self._reduce(leaves)
+                partial = self._reduce(leaves)
+                self._merge_log += [{"phase": tasks[0].kind, **m} for m in self.merges]
+                break
+            except RayError as exc:  # a partial lost with its node, or a merging worker died
+                if attempt == self.cfg.max_retries:
+                    raise
+                _warn(f"the merge lost a partial ({type(exc).__name__}): the round's clients rerun")
+                for w in self._dead_workers():
+                    self._replace(w)
         for st in states:
             if st.failed_reason is not None:
                 for t in st.tasks:
                     partial.add_failure(t.round, t.client, t.kind, st.failed_reason)
         wall = time.perf_counter() - start
+        nodes = {m["node"] for m in self.merges}
         self._pool_info = {"workers": float(self.size),
-                           "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (self.size * wall)),
-                           "workers_replaced": float(self.replaced - replaced_before)}
+                           "busy_fraction": min(1.0, sum(st.busy_s for st in states) / (max(self.size, 1) * wall)),
+                           "workers_replaced": float(self.replaced - replaced_before),
+                           "nodes": float(len({w.node for w in self.pool})),
+                           "cross_node_partials": float(sum(m["remote_inputs"] for m in self.merges)),
+                           "merge_nodes": float(len(nodes))}
         return partial
 
-    def _reduce(self, leaves: list) -> Partial:
-        """The tree merge on the pool; a worker dying mid-merge is replaced and the merge redone
-        from the leaves, which live in the object store, not in the workers."""
-        for attempt in range(self.cfg.max_retries + 1):
+    def _run_clients(self, tasks: Sequence[ClientTask], box: list) -> list[_WorkerRound]:
+        """Every client once into some worker's running sum; a lost worker's share reruns on its
+        replacement or, when none can be placed, on the next worker that finishes its own share."""
+        if not self.pool:
+            raise RuntimeError("the Ray cluster holds no worker any more")
+        costs = predicted_cost(tasks, self.train_sizes, self.holdout_sizes)
+        states = [_WorkerRound(slot, [tasks[i] for i in idx], worker)
+                  for slot, (worker, idx) in enumerate(zip(self.pool, balance(costs, self.size), strict=True))]
+        orphans: list[_WorkerRound] = []  # shares whose worker was lost, waiting for an idle one
+        idle: list[_Worker] = []
+        pending: dict = {}  # ref -> (state, attempt, "run" | "finish")
+
+        def assign():
+            while orphans and idle:
+                st = orphans.pop(0)
+                st.worker = idle.pop(0)
+                self._restart_round(st)
+                self._feed(st, box, pending)
+
+        for st in states:
+            self._restart_round(st)
+            self._feed(st, box, pending)
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            st, attempt, what = pending.pop(ref)
+            if attempt != st.attempt:
+                continue  # a reply from a worker already replaced
             try:
-                return ray.get(tree_reduce(leaves, self.cfg.fan_in,
-                                           lambda node, group: self.workers[node % self.size].merge.remote(*group)))
+                value = ray.get(ref)
+            except RayActorError as exc:
+                self._worker_lost(st, exc, box, pending, orphans, idle)
+                assign()
+                continue
+            if what == "run":
+                st.in_flight -= 1
+                st.busy_s += value
+                self._feed(st, box, pending)
+            elif value != len(st.tasks):  # count from `finish`
+                self._worker_lost(st, RuntimeError(f"worker summed {value} of {len(st.tasks)} clients"),
+                                  box, pending, orphans, idle)
+                assign()
+            else:
+                st.done, st.node = True, st.worker.node
+                idle.append(st.worker)
+                assign()
+        for st in orphans:  # no worker was left to take them
+            st.failed_reason = f"no worker left to rerun them (attempt {st.attempt})"
+        return states
+
+    def _reduce(self, leaves: list[tuple[str, object]]) -> Partial:
+        """The merge on the pool: per node on that node's workers, then across nodes. A worker
+        dying mid-merge is replaced and the merge redone from the leaves, which live in the
+        object store, not in the workers."""
+        for attempt in range(self.cfg.max_retries + 1):
+            self.merges = []
+            self._homes = {ref: node for node, ref in leaves}  # where each input partial lives
+            try:
+                return ray.get(node_tree_reduce(leaves, self.cfg.fan_in, self._merge_on))
             except RayActorError:
                 if attempt == self.cfg.max_retries:
                     raise
@@ -271,14 +445,28 @@ class RayBackend(Backend):
                     self._replace(w)
         raise AssertionError("unreachable")
 
-    def _dead_workers(self) -> list[int]:
-        pings = {w.info.remote(): i for i, w in enumerate(self.workers)}
+    def _merge_on(self, node: str, group: list):
+        """One merge on a pool worker of `node` (merges take turns over that node's workers), or
+        on any worker when the node has none left. Which inputs came from elsewhere is recorded:
+        a partial is on the node of the worker or merge that made it."""
+        local = [w for w in self.pool if w.node == node] or self.pool
+        n = sum(1 for m in self.merges if m["node"] == local[0].node)
+        worker = local[n % len(local)]
+        ref = worker.actor.merge.remote(*group)
+        homes = [self._homes.get(r, "") for r in group]
+        self._homes[ref] = worker.node
+        self.merges.append({"node": worker.node, "worker": worker.id, "inputs": len(group),
+                            "remote_inputs": sum(1 for h in homes if h != worker.node)})
+        return ref
+
+    def _dead_workers(self) -> list[_Worker]:
+        pings = {w.actor.info.remote(): w for w in self.pool}
         dead = []
-        for ref, i in pings.items():
+        for ref, w in pings.items():
             try:
-                ray.get(ref)
-            except RayActorError:
-                dead.append(i)
+                ray.get(ref, timeout=self.cfg.placement_timeout_s)
+            except (RayError, TimeoutError):
+                dead.append(w)
         return dead
 
     def _restart_round(self, st: _WorkerRound) -> None:
@@ -286,30 +474,37 @@ class RayBackend(Backend):
         st.chunks = [st.tasks[i:i + size] for i in range(0, len(st.tasks), size)]
         st.next_call, st.in_flight, st.finished = 0, 0, None
 
-    def _feed(self, w: int, st: _WorkerRound, box: list, pending: dict) -> None:
-        """Keep PIPELINE_DEPTH calls queued on worker `w`; after the last chunk, ask for its partial."""
-        if st.failed_reason is not None or st.finished is not None:
+    def _feed(self, st: _WorkerRound, box: list, pending: dict) -> None:
+        """Keep PIPELINE_DEPTH calls queued on the share's worker; after the last chunk, ask for its partial."""
+        if st.failed_reason is not None or st.finished is not None or st.worker is None:
             return
-        key = (self._round, st.attempt)
-        actor = self.workers[w]
+        key = (self._round, st.slot, st.attempt)
+        actor = st.worker.actor
         while st.in_flight < PIPELINE_DEPTH and st.next_call < len(st.chunks):
             ref = actor.run.remote(key, box, st.chunks[st.next_call])
-            pending[ref] = (w, st.attempt, "run")
+            pending[ref] = (st, st.attempt, "run")
             st.next_call += 1
             st.in_flight += 1
         if st.next_call == len(st.chunks) and st.in_flight == 0:
             count_ref, partial_ref = actor.finish.options(num_returns=2).remote(key)
             st.finished = (count_ref, partial_ref)
-            pending[count_ref] = (w, st.attempt, "finish")
+            pending[count_ref] = (st, st.attempt, "finish")
 
-    def _worker_died(self, w: int, st: _WorkerRound, exc: Exception, pending: dict, box: list) -> None:
-        self._replace(w)
+    def _worker_lost(self, st: _WorkerRound, exc: Exception, box: list, pending: dict,
+                     orphans: list, idle: list) -> None:
+        dead = st.worker
         st.attempt += 1
+        st.worker = self._replace(dead) if dead in self.pool else None
         if st.attempt > self.cfg.max_retries:
-            st.failed_reason = f"worker {w} died {st.attempt} times this round (last: {type(exc).__name__})"
+            st.failed_reason = f"worker {dead.id} died {st.attempt} times this round (last: {type(exc).__name__})"
+            if st.worker is not None:
+                idle.append(st.worker)
+            return
+        if st.worker is None:
+            orphans.append(st)
             return
         self._restart_round(st)
-        self._feed(w, st, box, pending)
+        self._feed(st, box, pending)
 
 
 def _check_reachable(address: str, source: str) -> None:
