@@ -19,8 +19,8 @@ HOW_MEASURED = {
     "limit_round_s": "the compute limit: one forked process per core, one torch thread each, one resident model and "
                      "SGD optimizer each for the whole run, the cohort split evenly across them; per client only the "
                      "copy_ of the global weights in, the SGD steps and the weighted delta copied out are timed, "
-                     "inside the process; a round's limit time is the largest per-process busy time (limit_busy_s "
-                     "has each process's)",
+                     "inside the process; a round's limit time is the largest per-process busy time (ways.limit."
+                     "process_busy_s has each process's, per measured round)",
     "round_s_median": "median over the measured rounds",
     "updates_per_s": "clients per round / median round time",
     "throughput_vs_limit": "the way's client updates/s / the compute limit's, measured in the same command",
