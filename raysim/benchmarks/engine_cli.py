@@ -34,7 +34,8 @@ def run_engine(out: Path, workloads: list[str], rounds: int, seed: int, data_pat
 
 
 def add_engine_parser(which: argparse._SubParsersAction) -> None:
-    e = which.add_parser("engine", help="benchmark E: floor loop vs in-process vs Ray backend on Fashion-MNIST")
+    e = which.add_parser("engine", help="benchmark E: Ray backend vs the compute limit (one resident model per "
+                                        "core), the floor loop and the in-process backend on Fashion-MNIST")
     e.add_argument("--workloads", nargs="+", choices=sorted(WORKLOADS), default=sorted(WORKLOADS))
     e.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS,
                    help=f"measured rounds per way, after one warm-up (default {DEFAULT_ROUNDS})")

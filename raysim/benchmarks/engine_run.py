@@ -1,5 +1,5 @@
-"""Benchmark E's timings: the floor loop, the in-process backend and the Ray backend, each
-over the same seeded cohorts (warm-up round first)."""
+"""Benchmark E's timings: the floor loop, the compute limit, the in-process backend and the Ray
+backend, each over the same seeded cohorts (warm-up round first)."""
 from __future__ import annotations
 
 import time
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from raysim.benchmarks.common import timed_rounds
+from raysim.benchmarks.common import cores, timed_rounds
+from raysim.benchmarks.engine_limit import ComputeLimit
+from raysim.benchmarks.engine_loop import client_generator, client_tensors, sgd_steps
 from raysim.benchmarks.engine_plan import WORKLOADS, workload_config
 from raysim.config import ExperimentConfig
 from raysim.data.loading import load_federated_dataset
@@ -22,23 +23,15 @@ from raysim.experiment import backend_session, build_backend, build_runner, mode
 
 def floor_round(model: torch.nn.Module, weights: dict, dataset, clients: list[int], cfg: ExperimentConfig,
                 seed: int) -> dict:
-    """One FedAvg round as a plain loop would write it; returns the new global weights."""
+    """One FedAvg round as a plain loop would write it (a fresh optimizer per client);
+    returns the new global weights."""
     total = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in weights.items()}
     n_total = 0
-    gen = torch.Generator().manual_seed(seed)
     for client in clients:
-        rows = dataset.client_train_rows(client)
-        x, y = torch.from_numpy(dataset.train.x[rows]), torch.from_numpy(dataset.train.y[rows])
+        x, y = client_tensors(dataset, client)
         model.load_state_dict(weights)
         opt = torch.optim.SGD(model.parameters(), lr=cfg.clients.optimizer.lr)
-        model.train()
-        for _ in range(cfg.clients.local_epochs):
-            order = torch.randperm(len(y), generator=gen)
-            for start in range(0, len(y), cfg.clients.batch_size):
-                idx = order[start:start + cfg.clients.batch_size]
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
+        sgd_steps(model, opt, x, y, cfg.clients.local_epochs, cfg.clients.batch_size, client_generator(seed, client))
         trained = model.state_dict()
         for k in total:
             total[k] += (trained[k] - weights[k]).double() * len(y)
@@ -57,6 +50,18 @@ def time_floor(cfg: ExperimentConfig, dataset, factory, rounds: list[list[int]])
     return times
 
 
+def time_limit(cfg: ExperimentConfig, dataset, factory, rounds: list[list[int]], processes: int) -> list[list[float]]:
+    """Each round's busy seconds per limit process (engine_limit.py); the round's time is their maximum."""
+    model = factory(None)
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    busy = []
+    with ComputeLimit(factory, dataset, cfg, weights, processes) as limit:
+        for r, clients in enumerate(rounds):
+            weights, per_process = limit.round(weights, clients, derive_seed(cfg.seed, "client", r))
+            busy.append(per_process)
+    return busy
+
+
 def time_workload(name: str, rounds: int, seed: int, data_path: Path | None, say=print) -> dict:
     """Seconds per round of every way, warm-up first, and what they ran on."""
     cfg = workload_config(name, seed, data_path)
@@ -69,6 +74,8 @@ def time_workload(name: str, rounds: int, seed: int, data_path: Path | None, say
 
     say(f"{name}: {WORKLOADS[name][0]}")
     times = {"floor": time_floor(cfg, dataset, factory, plan)}
+    limit_busy = time_limit(cfg, dataset, factory, plan, cores())
+    times["limit"] = [max(per_process) for per_process in limit_busy]
     runner = build_runner(cfg, population, dataset)
     times["inprocess"] = timed_rounds(InProcessBackend(runner, worker_threads(cfg.backend)), runner, plan)
     with backend_session(cfg):  # how every run joins or starts Ray
@@ -82,4 +89,5 @@ def time_workload(name: str, rounds: int, seed: int, data_path: Path | None, say
             backend.close()
     return {"workload": name, "config": cfg.model_dump(mode="json"), "clients_per_round": cohort,
             "times": times, "ray_workers": cfg.backend.num_workers, "ray_startup_s": startup,
-            "floor_torch_threads": torch.get_num_threads()}
+            "floor_torch_threads": torch.get_num_threads(),
+            "limit_processes": cores(), "limit_busy_s": limit_busy}
