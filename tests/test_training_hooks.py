@@ -46,3 +46,32 @@ def test_a_hook_that_changes_nothing_leaves_training_bit_identical():
     ra = _train(a, data)
     rb = _train(b, data, after_step=lambda m: None, extra_loss=lambda m: torch.zeros(()))
     assert ra == rb and all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_each_client_draws_its_global_randomness_from_its_own_seed(small_config):
+    """Dropout draws from torch's global RNG: the runner seeds it per client, so a client's
+    update depends on its task's seed only, not on which clients ran before it."""
+    from dataclasses import replace
+
+    from conftest import algorithm_parts
+    from raysim.engine.runner import ClientRunner
+
+    cfg = small_config()
+    ds, _, algo, runner = algorithm_parts(cfg)
+
+    def dropout_model(arch):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Linear(ds.input_shape[0], 16), nn.Dropout(0.5), nn.Linear(16, ds.num_classes))
+
+    runner = ClientRunner(algo, ds, runner.population, dropout_model)
+    plan = algo.configure_round(algo.init_state(dropout_model(None).state_dict()), 0, [0, 1])
+    first, second = plan.tasks
+
+    def delta(tasks):
+        return runner.run(tasks, plan.broadcast).stats["delta"].total
+
+    alone, after_other = delta([second]), delta([first, second])
+    both_alone = {k: delta([first])[k] + alone[k] for k in alone}
+    assert all(torch.equal(after_other[k], both_alone[k]) for k in alone)  # order does not leak into a client
+    reseeded = delta([replace(second, seed=second.seed + 1)])
+    assert not all(torch.equal(reseeded[k], alone[k]) for k in alone)  # the seed is what dropout drew from
