@@ -281,6 +281,10 @@ class TrackingConfig(_Section):
 PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
+def is_plain_name(name: str) -> bool:
+    return bool(PLAIN_NAME.fullmatch(name)) and ".." not in name
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="a plain name (letters, digits, '.', '_', '-'): the run folder is "
                                                 "<output.dir>/<name>-<timestamp>")
@@ -303,7 +307,7 @@ class ExperimentConfig(_Section):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not PLAIN_NAME.fullmatch(value) or ".." in value:
+        if not is_plain_name(value):
             raise ValueError(f"{value!r} is not a plain name: use up to 100 letters, digits, '.', '_' and '-', "
                              "starting with a letter or digit (it names the run folder inside output.dir)")
         return value

@@ -3,7 +3,8 @@ from raysim.engine.backend import Backend
 from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
 from raysim.experiment import execute, new_run
-from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE, ClusterLog, read_jsonl
+from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE, ClusterLog
+from raysim.results.run_dir import read_jsonl
 
 
 def _info(index: int, node: str) -> dict:

@@ -20,8 +20,9 @@ from ray_nodes import start_cluster, stop_cluster, wait_for
 from raysim.config import config_to_yaml
 from raysim.experiment import execute, new_run
 from raysim.results.checkpoint import latest_checkpoint, load_checkpoint
-from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE, read_jsonl
+from raysim.results.cluster_log import MERGES_FILE, WORKERS_FILE
 from raysim.results.round_log import read_rounds
+from raysim.results.run_dir import read_jsonl
 
 DRIVER = Path(__file__).with_name("multinode_driver.py")
 RUN_TIMEOUT_S = 240

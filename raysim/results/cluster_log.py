@@ -7,7 +7,6 @@ files back to the checkpoint's round, as failures.jsonl is. The in-process backe
 workers and writes neither."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from raysim.engine.api import ServerState
@@ -15,26 +14,10 @@ from raysim.engine.backend import Backend
 from raysim.engine.loop import Callback
 from raysim.engine.record import RoundRecord
 from raysim.engine.stats import Partial
-from raysim.results.run_dir import write_atomic
+from raysim.results.run_dir import append_jsonl, cut_back_jsonl
 
 WORKERS_FILE = "workers.jsonl"
 MERGES_FILE = "merges.jsonl"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def _cut_back(path: Path, key: str, last_round: int) -> None:
-    if path.exists():
-        kept = [line for line in read_jsonl(path) if line[key] <= last_round]
-        write_atomic(path, "".join(json.dumps(line) + "\n" for line in kept).encode())
-
-
-def _append(path: Path, lines: list[dict]) -> None:
-    if lines:
-        with path.open("a") as f:
-            f.writelines(json.dumps(line) + "\n" for line in lines)
 
 
 def worker_line(info: dict, start_round: int) -> dict:
@@ -50,10 +33,10 @@ class ClusterLog(Callback):
         self.backend = backend
         self.workers_path, self.merges_path = run_dir / WORKERS_FILE, run_dir / MERGES_FILE
         if resume_round is not None:
-            _cut_back(self.workers_path, "start_round", resume_round)
-            _cut_back(self.merges_path, "round", resume_round)
+            cut_back_jsonl(self.workers_path, "start_round", resume_round)
+            cut_back_jsonl(self.merges_path, "round", resume_round)
 
     def on_round_end(self, record: RoundRecord, state: ServerState, partial: Partial) -> None:
         # A worker first seen now started during this round (or, for the first pool, before it).
-        _append(self.workers_path, [worker_line(info, record.round) for info in self.backend.new_workers()])
-        _append(self.merges_path, [{"round": record.round, **m} for m in self.backend.new_merges()])
+        append_jsonl(self.workers_path, [worker_line(info, record.round) for info in self.backend.new_workers()])
+        append_jsonl(self.merges_path, [{"round": record.round, **m} for m in self.backend.new_merges()])

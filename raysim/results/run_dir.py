@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import time
 from pathlib import Path
 
-from raysim.config import PLAIN_NAME, ConfigError
+from raysim.config import ConfigError, is_plain_name
 
 LOCK_FILE = ".lock"
 
@@ -28,7 +29,7 @@ def _output_folder(parent: Path) -> Path:
 
 
 def create_run_dir(parent: Path, name: str) -> Path:
-    if not PLAIN_NAME.fullmatch(name) or ".." in name:  # the config already refuses it; the folder must not escape
+    if not is_plain_name(name):  # the config already refuses it; the folder must not escape
         raise ConfigError(f"name {name!r} is not a plain name; the run folder must stay inside {parent}")
     parent = _output_folder(parent)
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -64,6 +65,23 @@ def run_lock(run_dir: Path):
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def append_jsonl(path: Path, lines: list[dict]) -> None:
+    if lines:
+        with path.open("a") as f:
+            f.writelines(json.dumps(line) + "\n" for line in lines)
+
+
+def cut_back_jsonl(path: Path, key: str, last_round: int) -> None:
+    """Keep the lines of an appended log whose `key` is at most `last_round` (a resume's checkpoint)."""
+    if path.exists():
+        kept = [line for line in read_jsonl(path) if line[key] <= last_round]
+        write_atomic(path, "".join(json.dumps(line) + "\n" for line in kept).encode())
 
 
 def write_atomic(path: Path, data: bytes) -> None:
