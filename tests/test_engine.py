@@ -98,6 +98,24 @@ def test_fedavg_dense_costs_match_analytic_counts(small_config):
     assert t.bytes_up == 3 * plan.broadcast.payload_bytes  # the delta has the model's shape
 
 
+def test_a_layer_frozen_between_clients_is_charged_without_its_weight_gradient(small_config, monkeypatch):
+    """The runner remembers FLOP profiles per model, keyed by trainability too: a client after
+    an algorithm froze a layer of the runner's model pays no weight-gradient FLOPs for it."""
+    cfg = small_config(rounds=1, model={"name": "mlp", "hidden": 16, "layers": 1})
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    algo = FedAvg(cfg)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, torch.from_numpy(ds.train.x[:1]))
+    runner = ClientRunner(algo, ds, Population.from_mix(ds.num_clients, {"laptop": 1}, 0), factory)
+    plan = algo.configure_round(algo.init_state(factory(None).state_dict()), 0, [0, 1])
+    per_example = []
+    for task in plan.tasks:
+        t = runner.run([task], plan.broadcast).train
+        per_example.append(t.flops_executed / t.examples)
+        runner.model_for(plan.broadcast).get_parameter("classifier.weight").requires_grad_(False)
+    first = runner.model_for(plan.broadcast).get_parameter("classifier.weight")
+    assert per_example[1] == pytest.approx(per_example[0] - 2 * first.numel())
+
+
 def test_failing_and_non_finite_clients_are_excluded_and_counted(small_config, monkeypatch):
     cfg = small_config(rounds=1)
     ds = load_federated_dataset(cfg.data, cfg.seed)

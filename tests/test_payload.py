@@ -164,3 +164,19 @@ def test_an_all_kept_mask_costs_nothing_over_dense():
     assert len(encode_masked(tensors, full)) == len(encode_masked(tensors, {}))
     decoded = decode(encode_masked(tensors, full, include_mask=False), full)
     assert torch.equal(decoded["w"], tensors["w"])
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_wire_values_are_what_an_unmasked_payload_decodes_to(compression):
+    """Clients without a mask aggregate wire_values(delta) instead of decoding their payload:
+    the values, dtypes and names must be exactly the decoded ones."""
+    from raysim.costs.payload import wire_values
+
+    g = torch.Generator().manual_seed(3)
+    tensors = {"z.weight": torch.randn(5, 4, generator=g), "a.bias": torch.randn(4, generator=g, dtype=torch.float64),
+               "m.half": torch.randn(3, generator=g).to(torch.bfloat16), "count": torch.tensor([7])}
+    decoded = decode(encode_masked(tensors, {}, compression))
+    fast = wire_values(tensors)
+    assert set(fast) == set(decoded)
+    for name in tensors:
+        assert fast[name].dtype == decoded[name].dtype and torch.equal(fast[name], decoded[name]), name

@@ -117,3 +117,55 @@ def test_per_client_states_merge_as_a_union_in_any_order():
     right = merge_all([Partial(client_states={2: b}), Partial(), Partial(client_states={1: a})])
     assert left.client_states.keys() == right.client_states.keys() == {1, 2}
     assert left.client_states[1] is a and right.client_states[2] is b
+
+
+def _client_tensors(seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"w": torch.randn(64, 33, generator=g) * 10 ** float(torch.randint(-6, 6, (1,), generator=g)),
+            "b": torch.randn(7, generator=g)}
+
+
+def _running_sum(make, weights) -> WeightedSum:
+    p = Partial()
+    for i, w in enumerate(weights):
+        p.add_stats({"d": make(_client_tensors(i), w)})
+    return p.stats["d"]
+
+
+@pytest.mark.parametrize("weights", [[3, 60, 1, 17, 2**20, 5], [0.5, 3.25, 1 / 3, 7.0]])
+def test_lazy_sums_add_exactly_as_scaled_copies_do(weights):
+    """A worker adds each client into its running sum in one pass (lazy) instead of copying it
+    to float64 and scaling first (of): for integer weights the sum is the same bit for bit, and
+    for others (where the one-pass add is not used) too."""
+    eager, lazy = _running_sum(WeightedSum.of, weights), _running_sum(WeightedSum.lazy, weights)
+    assert eager.weight == lazy.weight == float(sum(weights))
+    for k in eager.total:
+        assert lazy.total[k].dtype == torch.float64
+        assert torch.equal(eager.total[k], lazy.total[k]), k
+
+
+def test_a_lazy_sum_reads_pickles_and_merges_like_an_eager_one():
+    import pickle
+
+    t = _client_tensors(1)
+    lazy, eager = WeightedSum.lazy(t, 4.0), WeightedSum.of(t, 4.0)
+    back = pickle.loads(pickle.dumps(lazy))
+    for s in (lazy, back):
+        assert all(torch.equal(s.total[k], eager.total[k]) for k in t)
+    assert torch.equal((WeightedSum.lazy(t, 2.0) + eager).total["w"], (WeightedSum.of(t, 2.0) + eager).total["w"])
+    with pytest.raises(ValueError, match="different tensors"):
+        WeightedSum.lazy({"x": torch.ones(1)}, 1.0).add_(WeightedSum.lazy({"y": torch.ones(1)}, 1.0))
+    assert lazy.to("cpu") is lazy
+
+
+@pytest.mark.parametrize("make", [WeightedSum.of, WeightedSum.lazy])
+def test_finiteness_is_checked_entry_by_entry(make):
+    bad = torch.ones(100)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        bad[37] = value
+        assert not make({"w": bad.clone()}, 2.0).is_finite(), value
+    # Finite entries whose float64 sum overflows are still finite: the check is not fooled by it.
+    huge = torch.full((4,), 1e308, dtype=torch.float64)
+    assert WeightedSum({"w": huge}, 1.0).is_finite()
+    assert make({"w": torch.ones(3), "n": torch.tensor([3])}, 1.0).is_finite()
+    assert not make({"w": torch.ones(3)}, float("nan")).is_finite()

@@ -14,7 +14,7 @@ from torch import nn
 
 from raysim.algorithms.server_update import apply_server_update, is_trainable_state
 from raysim.config import ExperimentConfig
-from raysim.costs.payload import decode, encode_masked
+from raysim.costs.payload import decode, encode_masked, wire_values
 from raysim.engine.api import (
     Broadcast,
     ClientData,
@@ -90,8 +90,9 @@ class FedAvg(FederatedAlgorithm):
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
         # Only kept values go up, with the mask only where the server does not hold it.
         payload = self.encode(delta, masks, include_mask=own_masks is not None)
-        received = decode(payload, None if own_masks is not None else masks)  # aggregate what went over the wire
-        contribution = {"delta": WeightedSum.of(received, len(data))}
+        # Aggregate what went over the wire: decoded where a mask shaped it, else the same values as they are.
+        received = decode(payload, None if own_masks is not None else masks) if masks else wire_values(delta)
+        contribution = {"delta": WeightedSum.lazy(received, len(data))}
         return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
 
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:

@@ -101,6 +101,14 @@ def decode(payload: bytes, masks: Mapping[str, torch.Tensor] | None = None) -> d
     return out
 
 
+def wire_values(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What `decode(encode_masked(tensors, {}))` gives, without the round trip: a payload with
+    no mask carries every tensor dense and losslessly (floats as float32, in name order), so
+    its receiver holds exactly these values. For clients whose upload has no mask, which
+    would otherwise copy each update through the container twice."""
+    return {name: torch.from_numpy(_to_wire(name, tensors[name])) for name in sorted(tensors)}
+
+
 def _check_compression(compression: str, level: int) -> None:
     if compression not in COMPRESSIONS:
         raise ValueError(f"unknown compression {compression!r}; allowed: {', '.join(COMPRESSIONS)}")

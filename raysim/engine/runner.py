@@ -15,12 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from raysim.costs.flops import training_flop_profile
+from raysim.costs.flops import FlopProfile, training_flop_profile
 from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, client_time_s, misses_deadline
 from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
 from raysim.engine.counters import add_metrics
-from raysim.engine.stats import Partial, WeightedSum
+from raysim.engine.stats import Partial
 from raysim.engine.training import evaluate
 
 ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
@@ -29,11 +29,6 @@ ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
 def layer_densities(masks: dict[str, torch.Tensor]) -> dict[str, float]:
     """Weight density per layer (module name), from masks keyed by parameter name."""
     return {name.rpartition(".")[0]: float(mask.float().mean()) for name, mask in masks.items()}
-
-
-def _on_cpu(s: WeightedSum) -> WeightedSum:
-    """Partials travel between processes: keep them on the CPU whatever device trained."""
-    return WeightedSum({k: v.cpu() for k, v in s.total.items()}, s.weight)
 
 
 class ClientRunner:
@@ -53,16 +48,32 @@ class ClientRunner:
         self.eval_batch_size = eval_batch_size
         self.device = torch.device(device)
         self._models: dict[str, nn.Module] = {}
+        self._arch_key: tuple[object, str] | None = None  # (arch, its key): one json.dumps per broadcast
+        self._flops: dict[tuple, FlopProfile] = {}  # per model key, input shape/dtype and trainability
         self._device_broadcast: tuple[Broadcast, Broadcast] | None = None
 
     def model_for(self, broadcast: Broadcast) -> nn.Module:
         """The model for the broadcast's architecture (built once per architecture), loaded with its weights."""
-        key = json.dumps(broadcast.arch, sort_keys=True)
+        key = self._model_key(broadcast.arch)
         if key not in self._models:
             self._models[key] = self.model_factory(broadcast.arch).to(self.device)
         model = self._models[key]
         model.load_state_dict(broadcast.weights)
         return model
+
+    def _model_key(self, arch) -> str:
+        if self._arch_key is None or self._arch_key[0] is not arch:
+            self._arch_key = (arch, json.dumps(arch, sort_keys=True))
+        return self._arch_key[1]
+
+    def _flop_profile(self, model: nn.Module, arch, x: torch.Tensor) -> FlopProfile:
+        """training_flop_profile, remembered per runner model: its lookup hashes the whole
+        architecture, a tenth of a small client's engine time. Trainability is in the key
+        because an algorithm may freeze layers of the runner's model between clients."""
+        key = (self._model_key(arch), tuple(x.shape[1:]), x.dtype, tuple(p.requires_grad for p in model.parameters()))
+        if key not in self._flops:
+            self._flops[key] = training_flop_profile(model, x)
+        return self._flops[key]
 
     def warm_up(self) -> None:
         """Pay a first client's one-off costs at start-up, not in round 1: the original model is
@@ -135,7 +146,7 @@ class ClientRunner:
             raise ValueError(f"client {task.client} has no training data")
         model = self.model_for(broadcast)
         # Measured on the architecture this client really runs (cached per architecture).
-        flops = training_flop_profile(model, data.x[:2])
+        flops = self._flop_profile(model, broadcast.arch, data.x[:2])
         self._seed(task.seed)
         start = time.perf_counter()
         update = self.algorithm.client_update(model, data, task, broadcast)
@@ -157,7 +168,8 @@ class ClientRunner:
         if misses_deadline(clock.total_s, task.deadline_s):
             c.dropped += 1
             return
-        partial.add_stats({k: _on_cpu(v) for k, v in update.contribution.items()})
+        # Partials travel between processes: on the CPU whatever device trained.
+        partial.add_stats({k: v.to("cpu") for k, v in update.contribution.items()})
         if update.client_state is not None:
             partial.client_states[task.client] = {k: v.detach().cpu() for k, v in update.client_state.items()}
         c.done += 1

@@ -17,29 +17,71 @@ PHASES = ("train", "explore", "evaluate")
 Tensors = dict[str, torch.Tensor]
 
 
-@dataclass
-class WeightedSum:
-    """sum_k w_k * x_k (per named tensor) together with sum_k w_k."""
+# Floating dtypes whose values times an integer weight below 2**29 are exact in float64
+# (at most 24 + 29 significant bits): scaling them inside the float64 add rounds as
+# scaling first would, so the fused one-pass add is bit-identical to the two-pass one.
+_EXACT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_EXACT_WEIGHT = 2**29
 
-    total: Tensors
-    weight: float
+
+class WeightedSum:
+    """sum_k w_k * x_k (per named tensor) together with sum_k w_k.
+
+    A sum made by `lazy` holds its client's tensors unscaled until it is read or added
+    into another sum; a worker adds each client's contribution into its running float64
+    sum in one pass (no float64 copy per client)."""
+
+    __slots__ = ("_total", "_unscaled", "weight")
+
+    def __init__(self, total: Tensors, weight: float):
+        self._total: Tensors | None = total
+        self._unscaled: Tensors | None = None
+        self.weight = float(weight)
 
     @classmethod
     def of(cls, tensors: Tensors, weight: float) -> "WeightedSum":
         return cls({k: v.detach().to(torch.float64, copy=True).mul_(weight) for k, v in tensors.items()},
                    float(weight))
 
+    @classmethod
+    def lazy(cls, tensors: Tensors, weight: float) -> "WeightedSum":
+        """Like `of`, but takes over `tensors` (the caller must not change them afterwards):
+        they are scaled into float64 only when the sum is read or added into another."""
+        s = cls.__new__(cls)
+        s._total, s._unscaled, s.weight = None, {k: v.detach() for k, v in tensors.items()}, float(weight)
+        return s
+
+    @property
+    def total(self) -> Tensors:
+        if self._total is None:
+            self._total = {k: v.to(torch.float64, copy=True).mul_(self.weight) for k, v in self._unscaled.items()}
+            self._unscaled = None
+        return self._total
+
+    @total.setter
+    def total(self, tensors: Tensors) -> None:
+        self._total, self._unscaled = tensors, None
+
+    def _names(self):
+        return (self._total if self._total is not None else self._unscaled).keys()
+
     def add_(self, other: "WeightedSum") -> "WeightedSum":
         """In place: for a sum this partial owns (one allocation per round, not per client)."""
         self._check_same(other)
-        for k, v in self.total.items():
-            v.add_(other.total[k])
+        raw = other._unscaled
+        if raw is not None and _exact_scale(raw, other.weight):
+            for k, v in self.total.items():
+                v.add_(raw[k], alpha=other.weight)
+        else:
+            for k, v in self.total.items():
+                v.add_(other.total[k])
         self.weight += other.weight
         return self
 
     def _check_same(self, other: "WeightedSum") -> None:
-        if self.total.keys() != other.total.keys():
-            raise ValueError(f"cannot merge sums over different tensors: {sorted(self.total)} vs {sorted(other.total)}")
+        if self._names() != other._names():
+            raise ValueError(f"cannot merge sums over different tensors: {sorted(self._names())} vs "
+                             f"{sorted(other._names())}")
 
     def __add__(self, other: "WeightedSum") -> "WeightedSum":
         self._check_same(other)
@@ -50,8 +92,41 @@ class WeightedSum:
             raise ValueError("mean of an empty weighted sum")
         return {k: (v / self.weight).to(dtype) for k, v in self.total.items()}
 
+    def to(self, device: torch.device | str) -> "WeightedSum":
+        """The same sum with its tensors on `device` (itself when they are already there)."""
+        tensors = self._total if self._total is not None else self._unscaled
+        if all(v.device == torch.device(device) for v in tensors.values()):
+            return self
+        moved = {k: v.to(device) for k, v in tensors.items()}
+        return WeightedSum(moved, self.weight) if self._total is not None else WeightedSum.lazy(moved, self.weight)
+
     def is_finite(self) -> bool:
-        return math.isfinite(self.weight) and all(bool(torch.isfinite(v).all()) for v in self.total.values())
+        tensors = self._total if self._total is not None else self._unscaled
+        return math.isfinite(self.weight) and all(_all_finite(v) for v in tensors.values())
+
+    def __getstate__(self):  # __slots__ classes pickle through this pair
+        return self._total, self._unscaled, self.weight
+
+    def __setstate__(self, state) -> None:
+        self._total, self._unscaled, self.weight = state
+
+    def __repr__(self) -> str:
+        return f"WeightedSum(weight={self.weight!r}, tensors={sorted(self._names())})"
+
+
+def _exact_scale(tensors: Tensors, weight: float) -> bool:
+    return weight.is_integer() and abs(weight) < _EXACT_WEIGHT and all(v.dtype in _EXACT_DTYPES
+                                                                        for v in tensors.values())
+
+
+def _all_finite(v: torch.Tensor) -> bool:
+    """One read-only pass: a float64 sum is finite exactly when every entry is, unless finite
+    entries overflow it (only near float64's range), which the exact check then settles."""
+    if not v.is_floating_point():
+        return bool(torch.isfinite(v).all())  # integers are always finite; complex has no float64 sum
+    if math.isfinite(float(v.sum(dtype=torch.float64))):
+        return True
+    return bool(torch.isfinite(v).all())
 
 
 @dataclass(frozen=True)
