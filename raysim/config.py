@@ -237,6 +237,11 @@ class BackendConfig(_Section):
     num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker declares; 0.25 puts 4 workers on one GPU")
     fan_in: int = Field(4, ge=2, description="partials merged per node of the aggregation tree")
     clients_per_call: int = Field(32, ge=1, description="clients sent to a worker per remote call")
+    vectorize: bool = Field(
+        False, description="train the clients of one call (up to clients_per_call) as one vectorised computation "
+                           "(torch.func.vmap) where the algorithm and model allow it: plain FedAvg-style SGD, no "
+                           "masks, no buffers, no dropout; equal to one at a time within float tolerance, not bit for bit"
+    )
     max_retries: int = Field(3, ge=0, description="times a dead worker's clients are retried within one round")
     placement_timeout_s: float = Field(
         30.0, gt=0, description="seconds a new or replacement worker may take to start; past it, the pool shrinks "

@@ -72,7 +72,9 @@ def build_runner(cfg: ExperimentConfig, population: Population, dataset: Federat
     """The client side of a run, built the same way in the driver and in every Ray worker."""
     example = torch.tensor(dataset.train.x[:1])
     factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
-    return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size, device)
+    vectorize = cfg.backend.clients_per_call if cfg.backend.vectorize else 0  # clients per vectorised group
+    return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size,
+                        device, vectorize)
 
 
 def plugin_import_paths(cfg: ExperimentConfig) -> list[str]:

@@ -26,7 +26,8 @@ from raysim.engine.api import (
 )
 from raysim.engine.seeds import derive_seed
 from raysim.engine.stats import Partial, Tensors, WeightedSum
-from raysim.engine.training import local_train
+from raysim.engine.training import TrainResult, local_train
+from raysim.engine.vectorized import train_together
 
 
 class AlgorithmParams(BaseModel):
@@ -86,14 +87,31 @@ class FedAvg(FederatedAlgorithm):
             model, data, epochs=task.epochs, batch_size=c.batch_size, optimizer=c.optimizer, lr=task.lr,
             seed=task.seed, masks=masks, extra_loss=extra_loss, after_step=after_step,
         )
-        trained = model.state_dict()
+        return self._upload(model.state_dict(), data, broadcast, masks, own_masks is not None, result)
+
+    def _upload(self, trained: Tensors, data: ClientData, broadcast: Broadcast, masks: Tensors, send_mask: bool,
+                result: TrainResult) -> ClientUpdate:
+        """The client's change, encoded as it goes up (kept values only, with the mask where the
+        server does not hold it), and aggregated as the server receives it."""
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        # Only kept values go up, with the mask only where the server does not hold it.
-        payload = self.encode(delta, masks, include_mask=own_masks is not None)
-        # Aggregate what went over the wire: decoded where a mask shaped it, else the same values as they are.
-        received = decode(payload, None if own_masks is not None else masks) if masks else wire_values(delta)
+        payload = self.encode(delta, masks, include_mask=send_mask)
+        # Decoded where a mask shaped it; an unmasked payload carries the values as they are.
+        received = decode(payload, None if send_mask else masks) if masks else wire_values(delta)
         contribution = {"delta": WeightedSum.lazy(received, len(data))}
         return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
+
+    def client_updates(self, model: nn.Module, datas: list[ClientData], tasks: list[ClientTask],
+                       broadcast: Broadcast) -> list[ClientUpdate] | None:
+        """Plain FedAvg clients train as one vectorised computation (raysim/engine/vectorized.py);
+        a subclass that changes local training (FedProx's term, SCAFFOLD's correction) or a
+        broadcast with masks does not, and its clients train one at a time."""
+        if getattr(self.client_update, "__func__", None) is not FedAvg.client_update or broadcast.masks:
+            return None
+        c = self.cfg.clients
+        trained = train_together(model, broadcast.weights, datas, [t.seed for t in tasks], epochs=tasks[0].epochs,
+                                 batch_size=c.batch_size, optimizer=c.optimizer, lr=tasks[0].lr)
+        return [self._upload(broadcast.weights | params, data, broadcast, {}, False, result)
+                for data, (params, result) in zip(datas, trained, strict=True)]
 
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]:
         if "delta" in partial.stats:  # else every client failed or was dropped: keep the model

@@ -123,5 +123,13 @@ class FederatedAlgorithm(ABC):
     @abstractmethod
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate: ...
 
+    def client_updates(self, model: nn.Module, datas: list[ClientData], tasks: list[ClientTask],
+                       broadcast: Broadcast) -> list[ClientUpdate] | None:
+        """Optional, used with backend.vectorize: the updates of several clients of one task kind,
+        epochs and learning rate at once, each equal to its client_update within float tolerance.
+        None (the default) means this algorithm cannot, and the runner calls client_update for
+        each; raise raysim.engine.vectorized.NotVectorizable for a model or data it cannot batch."""
+        return None
+
     @abstractmethod
     def aggregate(self, state: ServerState, plan: RoundPlan, partial: Partial) -> tuple[ServerState, dict[str, float]]: ...

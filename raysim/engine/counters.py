@@ -25,6 +25,7 @@ class ClientCounters:
     bytes_down: int = 0
     bytes_up: int = 0
     train_wall_s: float = 0.0  # real seconds the workers spent in client_update
+    vectorized: int = 0  # clients that trained in a vectorised group (backend.vectorize)
     sim_time_s: float = 0.0  # slowest done client's simulated seconds: merges by max
 
     def __add__(self, other: "ClientCounters") -> "ClientCounters":

@@ -36,6 +36,7 @@ class RoundRecord:
     bytes_up: int
     client_train_wall_s: float
     sim_time_s: float
+    clients_vectorized: int = 0  # of the clients that trained, those in a vectorised group
     wall_time_s: float = 0.0
     pool: dict[str, float] = field(default_factory=dict)  # Ray worker pool: size, busy fraction
     metrics: dict[str, float] = field(default_factory=dict)  # what the algorithm's aggregate returned
@@ -49,7 +50,7 @@ class RoundRecord:
             clients_failed=c.failed, train_loss=c.loss_sum / c.samples if c.samples else math.nan,
             flops_executed=c.flops_executed, flops_effective=c.flops_effective, bytes_down=c.bytes_down,
             bytes_up=c.bytes_up, client_train_wall_s=c.train_wall_s,
-            sim_time_s=round_time_s(c.sim_time_s, c.dropped, deadline_s),
+            sim_time_s=round_time_s(c.sim_time_s, c.dropped, deadline_s), clients_vectorized=c.vectorized,
         )
 
     @property

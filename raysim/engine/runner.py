@@ -18,10 +18,11 @@ from torch import nn
 from raysim.costs.flops import FlopProfile, training_flop_profile
 from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, client_time_s, misses_deadline
-from raysim.engine.api import Broadcast, ClientData, ClientTask, FederatedAlgorithm
+from raysim.engine.api import Broadcast, ClientData, ClientTask, ClientUpdate, FederatedAlgorithm
 from raysim.engine.counters import add_metrics
 from raysim.engine.stats import Partial
 from raysim.engine.training import evaluate
+from raysim.engine.vectorized import NotVectorizable
 
 ModelFactory = Callable[[dict[str, Any] | None], nn.Module]
 
@@ -40,6 +41,7 @@ class ClientRunner:
         model_factory: ModelFactory,
         eval_batch_size: int = 1024,
         device: str = "cpu",
+        vectorize: int = 0,
     ):
         self.algorithm = algorithm
         self.dataset = dataset
@@ -47,6 +49,9 @@ class ClientRunner:
         self.model_factory = model_factory
         self.eval_batch_size = eval_batch_size
         self.device = torch.device(device)
+        # Training clients per vectorised group (0 or 1: one at a time); model key -> why not.
+        self.vectorize = vectorize
+        self.not_vectorized: dict[str, str] = {}
         self._models: dict[str, nn.Module] = {}
         self._arch_key: tuple[object, str] | None = None  # (arch, its key): one json.dumps per broadcast
         self._flops: dict[tuple, FlopProfile] = {}  # per model key, input shape/dtype and trainability
@@ -119,15 +124,69 @@ class ClientRunner:
         partial = Partial() if into is None else into
         broadcast = self._on_device(broadcast)
         densities = layer_densities(broadcast.masks)
-        for task in tasks:
-            try:
-                if task.kind == "evaluate":
-                    self._evaluate(task, broadcast, partial)
-                else:
-                    self._train(task, broadcast, densities, partial)
-            except Exception as exc:  # a failing client is data, not the end of the run
-                partial.add_failure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}")
+        for group in self._groups(tasks):
+            if len(group) > 1 and self._train_together(group, broadcast, densities, partial):
+                continue
+            for task in group:
+                try:
+                    if task.kind == "evaluate":
+                        self._evaluate(task, broadcast, partial)
+                    else:
+                        self._train(task, broadcast, densities, partial)
+                except Exception as exc:  # a failing client is data, not the end of the run
+                    partial.add_failure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}")
         return partial
+
+    def _groups(self, tasks: Sequence[ClientTask]) -> list[list[ClientTask]]:
+        """With vectorisation on, runs of training tasks that share kind, epochs and learning
+        rate, at most `vectorize` long; else one task per group."""
+        if self.vectorize <= 1:
+            return [[t] for t in tasks]
+        groups: list[list[ClientTask]] = []
+        for t in tasks:
+            last = groups[-1] if groups else None
+            if (last and t.kind != "evaluate" and len(last) < self.vectorize
+                    and (last[0].kind, last[0].epochs, last[0].lr) == (t.kind, t.epochs, t.lr)):
+                last.append(t)
+            else:
+                groups.append([t])
+        return groups
+
+    def _train_together(self, group: list[ClientTask], broadcast: Broadcast, densities: dict[str, float],
+                        partial: Partial) -> bool:
+        """Train `group` as one vectorised computation through the algorithm's client_updates;
+        False (nothing counted) when it cannot, and the caller trains them one at a time. What
+        cannot be vectorised for a model is remembered, so it is tried once per architecture."""
+        key = self._model_key(broadcast.arch)
+        if key in self.not_vectorized:
+            return False
+        rows = [self.dataset.client_train_rows(t.client) for t in group]
+        if any(len(r) == 0 for r in rows):
+            return False  # one at a time, so that client fails alone
+        datas = [self._client_data(r) for r in rows]
+        model = self.model_for(broadcast)
+        flops = self._flop_profile(model, broadcast.arch, datas[0].x[:2])
+        start = time.perf_counter()
+        try:
+            updates = self.algorithm.client_updates(model, datas, group, broadcast)
+        except NotVectorizable as exc:
+            self.not_vectorized[key] = str(exc)
+            return False
+        except Exception:  # noqa: BLE001 - e.g. one client's bad data: one at a time, each fails alone
+            return False
+        if updates is None:
+            self.not_vectorized[key] = f"{type(self.algorithm).__name__} trains its clients one at a time"
+            return False
+        wall = time.perf_counter() - start
+        examples = sum(u.examples_processed for u in updates) or 1
+        for task, update in zip(group, updates, strict=True):
+            try:  # the group's wall time is shared out by examples
+                self._account(task, update, flops, wall * update.examples_processed / examples, broadcast,
+                              densities, partial)
+                partial.counters(task.kind).vectorized += 1
+            except Exception as exc:
+                partial.add_failure(task.round, task.client, task.kind, f"{type(exc).__name__}: {exc}")
+        return True
 
     def _evaluate(self, task: ClientTask, broadcast: Broadcast, partial: Partial) -> None:
         data = self._client_data(self.dataset.client_holdout_rows(task.client))
@@ -150,10 +209,14 @@ class ClientRunner:
         self._seed(task.seed)
         start = time.perf_counter()
         update = self.algorithm.client_update(model, data, task, broadcast)
-        train_wall_s = time.perf_counter() - start
+        self._account(task, update, flops, time.perf_counter() - start, broadcast, densities, partial)
+
+    def _account(self, task: ClientTask, update: ClientUpdate, flops: FlopProfile, train_wall_s: float,
+                 broadcast: Broadcast, densities: dict[str, float], partial: Partial) -> None:
+        """One trained client into `partial`: its costs, simulated time and, unless it missed the
+        deadline, its contribution; a non-finite update raises (the client fails)."""
         if not math.isfinite(update.train_loss) or not all(s.is_finite() for s in update.contribution.values()):
             raise FloatingPointError(f"client {task.client} returned a non-finite update (loss {update.train_loss})")
-
         executed = flops.total * update.examples_processed
         effective = flops.effective(densities) * update.examples_processed
         clock = client_time_s(self.population.profile(task.client), executed, broadcast.payload_bytes, update.upload_bytes)
