@@ -168,5 +168,6 @@ def test_finiteness_is_checked_entry_by_entry(make):
     # Finite entries whose float64 sum overflows are still finite: the check is not fooled by it.
     huge = torch.full((4,), 1e308, dtype=torch.float64)
     assert WeightedSum({"w": huge}, 1.0).is_finite()
+    assert make({"w": torch.full((4,), 3e38)}, 1.0).is_finite()  # float32 entries whose sum overflows
     assert make({"w": torch.ones(3), "n": torch.tensor([3])}, 1.0).is_finite()
     assert not make({"w": torch.ones(3)}, float("nan")).is_finite()

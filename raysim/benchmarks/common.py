@@ -53,9 +53,10 @@ def bar_plot(labels: list[str], values: list[float], ylabel: str, title: str, pa
     fig.savefig(path, dpi=120)
 
 
-def timed_rounds(backend: Backend, runner, rounds: list[list[int]]) -> list[float]:
+def timed_rounds(backend: Backend, runner, rounds: list[list[int]], vectorized: bool = False) -> list[float]:
     """Seconds per FedAvg round (configure, run every client, aggregate) over the given cohorts;
-    a round where any client did not finish is an error, not a fast round."""
+    a round where any client did not finish is an error, not a fast round, and so is one where
+    a `vectorized` way trained any client one at a time (it would not be the path it names)."""
     algorithm = runner.algorithm
     state = algorithm.init_state(runner.model_factory(None).state_dict())
     times = []
@@ -66,6 +67,8 @@ def timed_rounds(backend: Backend, runner, rounds: list[list[int]]) -> list[floa
         if partial.train.done != len(clients):
             raise RuntimeError(f"round {r}: {partial.train.done} of {len(clients)} clients done "
                                f"({partial.failures[:1]})")
+        if vectorized and partial.train.vectorized != len(clients):
+            raise RuntimeError(f"round {r}: {partial.train.vectorized} of {len(clients)} clients trained vectorised")
         state, _ = algorithm.aggregate(state, plan, partial)
         times.append(time.perf_counter() - start)
     return times

@@ -11,7 +11,7 @@ import torch
 from raysim.benchmarks.common import cores, timed_rounds
 from raysim.benchmarks.engine_limit import ComputeLimit
 from raysim.benchmarks.engine_loop import client_generator, client_tensors, sgd_steps
-from raysim.benchmarks.engine_plan import WORKLOADS, workload_config
+from raysim.benchmarks.engine_plan import WORKLOADS, vectorized_config, workload_config
 from raysim.config import ExperimentConfig
 from raysim.data.loading import load_federated_dataset
 from raysim.devices import Population
@@ -78,16 +78,19 @@ def time_workload(name: str, rounds: int, seed: int, data_path: Path | None, say
     times["limit"] = [max(per_process) for per_process in limit_busy]
     runner = build_runner(cfg, population, dataset)
     times["inprocess"] = timed_rounds(InProcessBackend(runner, worker_threads(cfg.backend)), runner, plan)
+    startup = {}
     with backend_session(cfg):  # how every run joins or starts Ray
-        start = time.perf_counter()
-        backend = build_backend(cfg, runner)
-        backend.wait_ready()
-        startup = time.perf_counter() - start
-        try:
-            times["ray"] = timed_rounds(backend, runner, plan)
-        finally:
-            backend.close()
+        for way, ray_cfg in (("ray", cfg), ("ray_vectorized", vectorized_config(cfg))):
+            start = time.perf_counter()
+            backend = build_backend(ray_cfg, build_runner(ray_cfg, population, dataset))
+            backend.wait_ready()
+            startup[way] = time.perf_counter() - start
+            try:
+                times[way] = timed_rounds(backend, runner, plan, vectorized=way == "ray_vectorized")
+            finally:
+                backend.close()
     return {"workload": name, "config": cfg.model_dump(mode="json"), "clients_per_round": cohort,
-            "times": times, "ray_workers": cfg.backend.num_workers, "ray_startup_s": startup,
+            "times": times, "ray_workers": cfg.backend.num_workers, "ray_startup_s": startup["ray"],
+            "ray_vectorized_startup_s": startup["ray_vectorized"],
             "floor_torch_threads": torch.get_num_threads(),
             "limit_processes": cores(), "limit_busy_s": limit_busy}
