@@ -180,3 +180,23 @@ def test_wire_values_are_what_an_unmasked_payload_decodes_to(compression):
     assert set(fast) == set(decoded)
     for name in tensors:
         assert fast[name].dtype == decoded[name].dtype and torch.equal(fast[name], decoded[name]), name
+
+
+def test_the_reused_buffer_encoder_writes_the_container_safetensors_writes():
+    """Byte for byte, on a first payload of its layout (written by safetensors) and on later
+    ones (header reused, values copied in), masked and unmasked, with and without the mask."""
+    from raysim.costs.payload import ReusedBufferEncoder
+
+    g = torch.Generator().manual_seed(5)
+    encoder = ReusedBufferEncoder()
+    masks = {"w": torch.rand(6, 5, generator=g) > 0.5}
+    for step in range(3):
+        tensors = {"w": torch.randn(6, 5, generator=g), "b": torch.randn(5, generator=g, dtype=torch.float64),
+                   "n": torch.tensor([step])}
+        for m, include in (({}, False), (masks, False), (masks, True)):
+            want = encode_masked(tensors, m, include_mask=include)
+            assert encoder.length(tensors, m, include) == len(want)
+            assert encoder.last() == want, (step, bool(m), include)
+    smaller = {"w": torch.randn(2, 5, generator=g)}  # a new layout after a bigger one: no stale bytes
+    assert encoder.length(smaller, {}, False) == len(encode_masked(smaller, {}))
+    assert encoder.last() == encode_masked(smaller, {})

@@ -14,7 +14,7 @@ from torch import nn
 
 from raysim.algorithms.server_update import apply_server_update, is_trainable_state
 from raysim.config import ExperimentConfig
-from raysim.costs.payload import decode, encode_masked, wire_values
+from raysim.costs.payload import ReusedBufferEncoder, decode, encode_masked, wire_values
 from raysim.engine.api import (
     Broadcast,
     ClientData,
@@ -45,6 +45,7 @@ class FedAvg(FederatedAlgorithm):
         # The factory contract passes the model builder and an example input; FedAvg needs neither.
         self.cfg = cfg
         self.params = self.Params.model_validate(cfg.algorithm.params) if self.Params else None
+        self._upload_encoder: ReusedBufferEncoder | None = None  # built where clients run
 
     def init_state(self, weights: Tensors) -> ServerState:
         return ServerState(round=0, weights={k: v.clone() for k, v in weights.items()})
@@ -94,11 +95,22 @@ class FedAvg(FederatedAlgorithm):
         """The client's change, encoded as it goes up (kept values only, with the mask where the
         server does not hold it), and aggregated as the server receives it."""
         delta = {k: trained[k] - w for k, w in broadcast.weights.items() if is_trainable_state(w)}
-        payload = self.encode(delta, masks, include_mask=send_mask)
-        # Decoded where a mask shaped it; an unmasked payload carries the values as they are.
-        received = decode(payload, None if send_mask else masks) if masks else wire_values(delta)
+        if masks:  # the server decodes what a mask shaped
+            payload = self.encode(delta, masks, include_mask=send_mask)
+            received, upload_bytes = decode(payload, None if send_mask else masks), len(payload)
+        else:  # an unmasked payload carries the values as they are
+            received, upload_bytes = wire_values(delta), self._encoded_length(delta)
         contribution = {"delta": WeightedSum.lazy(received, len(data))}
-        return ClientUpdate(contribution, len(payload), len(data), result.examples_processed, result.epoch_losses[-1])
+        return ClientUpdate(contribution, upload_bytes, len(data), result.examples_processed, result.epoch_losses[-1])
+
+    def _encoded_length(self, delta: Tensors) -> int:
+        """len(self.encode(delta, {}, False)); uncompressed by FedAvg's own encoder, written into a
+        reused buffer (raysim/costs/payload.py), else encoded in full."""
+        if type(self).encode is not FedAvg.encode or self.cfg.payload.compression != "none":
+            return len(self.encode(delta, {}, include_mask=False))
+        if getattr(self, "_upload_encoder", None) is None:  # a subclass may not call our __init__
+            self._upload_encoder = ReusedBufferEncoder()
+        return self._upload_encoder.length(delta, {}, include_mask=False)
 
     def client_updates(self, model: nn.Module, datas: list[ClientData], tasks: list[ClientTask],
                        broadcast: Broadcast) -> list[ClientUpdate] | None:

@@ -47,6 +47,16 @@ def encode_masked(
     """Kept values of each masked tensor (plus its mask unless `include_mask` is
     False, for a receiver that already holds an unchanged mask); the rest dense."""
     _check_compression(compression, level)
+    arrays, metadata = _wire_arrays(tensors, masks, include_mask)
+    container = safetensors.numpy.save(arrays, metadata=metadata or None)
+    if compression == "zstd":
+        return zstandard.ZstdCompressor(level=level).compress(container)
+    return container
+
+
+def _wire_arrays(tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+                 include_mask: bool) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The container's arrays and metadata (see the module docstring)."""
     unknown = sorted(set(masks) - set(tensors))
     if unknown:
         raise ValueError(f"masks given for tensors not in the payload: {', '.join(unknown)}")
@@ -68,10 +78,56 @@ def encode_masked(
         if include_mask:
             layout, arrays[name + _MASK_SUFFIX] = _smaller_mask_encoding(flat_mask)
         metadata[name] = f"{layout}:{','.join(map(str, values.shape))}"
-    container = safetensors.numpy.save(arrays, metadata=metadata or None)
-    if compression == "zstd":
-        return zstandard.ZstdCompressor(level=level).compress(container)
-    return container
+    return arrays, metadata
+
+
+class ReusedBufferEncoder:
+    """encode_masked's uncompressed container, written into one buffer reused from call to
+    call, for senders that need only its length (the receiver's values come from
+    wire_values): a fresh multi-megabyte bytes object per client costs several times the copy.
+
+    The container is the one safetensors writes, byte for byte: the first payload of each
+    layout (names, dtypes, shapes, metadata) is written by safetensors itself, and its
+    header and data offsets are reused for later payloads of that layout, whose tensor bytes
+    are copied in at those offsets. `last()` is the most recent container."""
+
+    LAYOUTS = 8  # layouts remembered (a round's uploads share one)
+
+    def __init__(self) -> None:
+        self._layouts: dict[tuple, tuple[bytes, dict[str, tuple[int, int]], int]] = {}
+        self._buffer = bytearray()
+        self._length = 0
+
+    def length(self, tensors: Mapping[str, torch.Tensor], masks: Mapping[str, torch.Tensor],
+               include_mask: bool) -> int:
+        arrays, metadata = _wire_arrays(tensors, masks, include_mask)
+        key = (tuple((k, a.dtype.str, a.shape) for k, a in arrays.items()), tuple(metadata.items()))
+        layout = self._layouts.get(key)
+        if layout is None:
+            container = safetensors.numpy.save(arrays, metadata=metadata or None)
+            if len(self._layouts) >= self.LAYOUTS:
+                self._layouts.pop(next(iter(self._layouts)))
+            self._layouts[key] = layout = _layout_of(container)
+        head, offsets, total = layout
+        if len(self._buffer) < total:
+            self._buffer = bytearray(total)
+        view = memoryview(self._buffer)
+        view[: len(head)] = head
+        for name, (begin, end) in offsets.items():
+            view[len(head) + begin: len(head) + end] = np.ascontiguousarray(arrays[name]).reshape(-1).view(np.uint8)
+        self._length = total
+        return total
+
+    def last(self) -> bytes:
+        return bytes(self._buffer[: self._length])
+
+
+def _layout_of(container: bytes) -> tuple[bytes, dict[str, tuple[int, int]], int]:
+    """(length prefix and header, each tensor's data offsets, total length) of a safetensors container."""
+    header_len = int.from_bytes(container[:8], "little")
+    header = json.loads(container[8: 8 + header_len])
+    offsets = {name: tuple(entry["data_offsets"]) for name, entry in header.items() if name != "__metadata__"}
+    return bytes(container[: 8 + header_len]), offsets, len(container)
 
 
 def decode(payload: bytes, masks: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
