@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch import nn
 
+from raysim.algorithms.fedavg import FedAvg
 from raysim.config import OptimizerConfig
 from raysim.engine.api import ClientData
 from raysim.engine.training import local_train
@@ -37,6 +38,13 @@ class DropoutMLP(nn.Module):
 
     def forward(self, x):
         return self.classifier(self.features(x))
+
+
+class DeclinesTheFirstRound(FedAvg):
+    """An algorithm whose refusal depends on the broadcast: the runner must ask again next round."""
+
+    def client_updates(self, model, datas, tasks, broadcast):
+        return None if tasks[0].round == 0 else super().client_updates(model, datas, tasks, broadcast)
 
 
 @pytest.mark.parametrize("opt", [
@@ -104,6 +112,8 @@ def test_a_vectorised_run_equals_the_plain_run_within_float_tolerance(small_conf
 @pytest.mark.parametrize("change", [
     {"algorithm": {"name": "fedprox", "params": {"mu": 0.1}}},  # changes local training: one at a time
     {"model": {"name": "test_vectorized:DropoutMLP"}},  # random forward: vmap refuses
+    {"model": {"name": "mlp", "hidden": 8, "layers": 1},  # a mask in every broadcast
+     "algorithm": {"name": "magnitude", "pruning": {"sparsity": 0.5}}},
 ])
 def test_what_is_not_vectorised_runs_one_at_a_time_bit_for_bit(small_config, change):
     plain = _rows(small_config(rounds=2, **change))
@@ -126,3 +136,10 @@ def test_ray_workers_vectorise_their_calls_and_agree_with_in_process(small_confi
     _assert_close_runs([{k: v for k, v in r.items() if k not in pool} for r in local],
                        [{k: v for k, v in r.items() if k not in pool} for r in ray_rows], rel=1e-5)
     assert [r["clients_vectorized"] for r in ray_rows] == [r["clients_done"] for r in ray_rows]
+
+
+def test_a_refusal_for_one_broadcast_is_asked_again_for_the_next(small_config):
+    rows = _rows(small_config(rounds=3, algorithm={"name": "test_vectorized:DeclinesTheFirstRound"},
+                              backend={"name": "inprocess", "vectorize": True}))
+    assert [r["clients_vectorized"] for r in rows] == [0] + [r["clients_done"] for r in rows[1:]]
+    assert rows[1]["clients_done"] > 0

@@ -52,6 +52,7 @@ class ClientRunner:
         # Training clients per vectorised group (0 or 1: one at a time); model key -> why not.
         self.vectorize = vectorize
         self.not_vectorized: dict[str, str] = {}
+        self._declined: Broadcast | None = None  # the broadcast the algorithm would not vectorise
         self._models: dict[str, nn.Module] = {}
         self._arch_key: tuple[object, str] | None = None  # (arch, its key): one json.dumps per broadcast
         self._flops: dict[tuple, FlopProfile] = {}  # per model key, input shape/dtype and trainability
@@ -156,9 +157,10 @@ class ClientRunner:
                         partial: Partial) -> bool:
         """Train `group` as one vectorised computation through the algorithm's client_updates;
         False (nothing counted) when it cannot, and the caller trains them one at a time. What
-        cannot be vectorised for a model is remembered, so it is tried once per architecture."""
+        cannot be vectorised for a model is remembered, so it is tried once per architecture;
+        an algorithm's refusal (None), once per broadcast."""
         key = self._model_key(broadcast.arch)
-        if key in self.not_vectorized:
+        if key in self.not_vectorized or broadcast is self._declined:
             return False
         rows = [self.dataset.client_train_rows(t.client) for t in group]
         if any(len(r) == 0 for r in rows):
@@ -174,8 +176,8 @@ class ClientRunner:
             return False
         except Exception:  # noqa: BLE001 - e.g. one client's bad data: one at a time, each fails alone
             return False
-        if updates is None:
-            self.not_vectorized[key] = f"{type(self.algorithm).__name__} trains its clients one at a time"
+        if updates is None:  # for this broadcast (a pruning method's dense rounds may vectorise, its masked not)
+            self._declined = broadcast
             return False
         wall = time.perf_counter() - start
         examples = sum(u.examples_processed for u in updates) or 1
