@@ -26,7 +26,7 @@ class ClockPredictor:
         self.population = population
         self.model_factory = model_factory
         self.train_sizes = dataset.client_train_sizes()
-        self.example = torch.tensor(dataset.train.x[:2])
+        self.example = torch.tensor(dataset.example_inputs(2))
         self._flops_per_example: dict[str, float] = {}
 
     def flops_per_example(self, arch) -> float:

@@ -71,7 +71,7 @@ class ClientWorker:
         self.metrics = WorkerMetrics(str(index))  # Ray metrics per worker, never per client
 
     def info(self) -> dict:
-        x = self.dataset.train.x
+        x = self.dataset.shared_array
         return {
             "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(), "resources": ray.get_runtime_context().get_assigned_resources(),
