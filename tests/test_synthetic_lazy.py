@@ -142,3 +142,11 @@ def test_a_resumed_lazy_run_equals_the_uninterrupted_one(small_config, monkeypat
     assert rows == full_rows
     resumed = load_checkpoint(latest_checkpoint(crashed)).weights
     assert all(torch.equal(full_w[k], resumed[k]) for k in full_w)
+
+
+def test_a_clients_train_rows_follow_the_vectorised_test_rule():
+    counts = np.arange(2, 3000)
+    for fraction in (0.05, 0.1, 0.2, 0.25, 0.5, 0.9):
+        ds = LazySyntheticDataset(DataConfig(**LAZY).synthetic.model_copy(update={"test_fraction": fraction}), 0,
+                                  counts.astype(np.int32), np.zeros(len(counts), np.int32), None)
+        assert [ds._train_rows(c) for c in range(len(counts))] == ds.client_train_sizes().tolist()

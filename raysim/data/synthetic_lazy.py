@@ -73,8 +73,9 @@ class LazySyntheticDataset:
         return self.row_counts
 
     def _train_rows(self, client: int) -> int:
-        count = self.row_counts[client : client + 1]
-        return int(count[0] - rows_for_test(count, self.cfg.test_fraction)[0])
+        """rows_for_test's rule on one count, in scalar arithmetic (a client's hot path)."""
+        count = int(self.row_counts[client])
+        return count - min(max(round(count * self.cfg.test_fraction), 1), count - 1)
 
     def client_train_sizes(self) -> np.ndarray:
         counts = self.row_counts.astype(np.int64)
