@@ -31,10 +31,9 @@ MAX_CLIENTS = 1_000_000
 # 10,000,000 clients set up and sample in seconds (benchmark C measures it), and every
 # round still does O(population) work (availability, sampling), so the cap stays there.
 MAX_LAZY_CLIENTS = 10_000_000
-# Per client, without resident rows: row and held-out counts (int32 each), the log-normal
-# draw and its int64 casts and clip while they are made (float64 + 3 x int64), the train
-# sizes the backend and the clock derive (int64 each), and the device profile arrays.
-LAZY_BYTES_PER_CLIENT = 8 + 32 + 16
+# Per client, without resident rows: row and held-out counts (int32 each) and, while they are
+# made, the log-normal draw and its int64 casts and clip (measured 22 bytes a client at the peak).
+LAZY_BYTES_PER_CLIENT = 32
 PARTITION_BYTES_PER_ROW = 40  # the client index and the partition's sort temporaries (int64)
 PARTITION_BYTES_PER_CLIENT = 400  # a client's row array, its shuffled copy, list slots (measured 350-390)
 DEVICE_BYTES_PER_CLIENT = 20  # profile ids (uint8, while shuffled) and a round's availability draw (float64)
@@ -88,9 +87,11 @@ def estimate_lazy_synthetic(cfg: DataConfig) -> PopulationEstimate:
     """The synthetic dataset without resident rows: small arrays per client and the global
     test set (test_users users' test rows, at most max_samples rows each)."""
     syn, clients = cfg.synthetic, cfg.num_clients
-    test_rows = min(syn.test_users, clients) * math.ceil(syn.max_samples * syn.test_fraction + 1)
-    # A test user's rows while they are generated (each row's features and its logits).
-    test_bytes = test_rows * (4 * syn.dimension + LABEL_BYTES) * 2 + syn.max_samples * 4 * (syn.dimension + syn.num_classes)
+    test_rows = min(syn.test_users, clients) * math.ceil(expected_rows_per_user(syn) * syn.test_fraction + 1)
+    # The test rows twice (the users' parts, then joined), and one user's rows while they are
+    # generated (features, their noise and the logits).
+    test_bytes = (test_rows * (4 * syn.dimension + LABEL_BYTES) * 2
+                  + syn.max_samples * 4 * (2 * syn.dimension + syn.num_classes))
     return PopulationEstimate(clients=clients, data_bytes=clients * LAZY_BYTES_PER_CLIENT + test_bytes,
                               partition_bytes=0, device_bytes=clients * DEVICE_BYTES_PER_CLIENT)
 

@@ -138,8 +138,8 @@ def _test_set(dataset: LazySyntheticDataset, cfg: DataConfig, seed: int) -> Arra
     for user in users:
         x, y = dataset.user_rows(int(user))
         start = dataset._train_rows(int(user))
-        xs.append(x[start:])
-        ys.append(y[start:])
+        xs.append(x[start:].copy())  # a copy: a view would keep the user's training rows alive too
+        ys.append(y[start:].copy())
     x, y = np.concatenate(xs), np.concatenate(ys)
     limit = cfg.max_test_samples
     if limit is not None and limit < len(y):
