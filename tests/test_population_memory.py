@@ -154,6 +154,8 @@ def test_ten_million_clients_through_the_cli(tmp_path, overrides, pattern):
 def test_documented_constants_match_the_code():
     doc = (Path(__file__).parent.parent / "docs" / "data-limits.md").read_text()
     assert f"{MAX_CLIENTS:,}" in doc and "PARTITION_BYTES_PER_CLIENT" in doc
+    assert f"`MAX_LAZY_CLIENTS` = {population_memory.MAX_LAZY_CLIENTS:,}" in doc
+    assert f"`LAZY_BYTES_PER_CLIENT` ({population_memory.LAZY_BYTES_PER_CLIENT}:" in doc
 
 
 @pytest.mark.parametrize("data", [

@@ -150,3 +150,13 @@ def test_a_clients_train_rows_follow_the_vectorised_test_rule():
         ds = LazySyntheticDataset(DataConfig(**LAZY).synthetic.model_copy(update={"test_fraction": fraction}), 0,
                                   counts.astype(np.int32), np.zeros(len(counts), np.int32), None)
         assert [ds._train_rows(c) for c in range(len(counts))] == ds.client_train_sizes().tolist()
+
+
+def test_the_cli_refuses_a_lazy_population_with_another_partition(tmp_path, capsys):
+    from raysim.cli import main
+
+    assert main(["run", "--set", "data.synthetic.resident=false", "--set", "data.partition.scheme=iid",
+                 "--set", f"output.dir={tmp_path}", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "data.synthetic.resident=false gives one client per user" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())  # no run folder left behind

@@ -152,11 +152,11 @@ def check_population(
             f"{alternative} ({DOCS})"
         )
     fit = _most_clients_within(available, min(estimate.clients, max_clients), estimate_for)
-    advice = (f"at most {fit:,} clients fit" if fit else "not even one client fits") + alternative
+    advice = f"at most {fit:,} clients fit" if fit else "not even one client fits"
     raise ConfigError(
         f"{setting}: building this population needs about {_gib(estimate.total_bytes)} (data rows "
         f"{_gib(estimate.data_bytes)}, partition index arrays {_gib(estimate.partition_bytes)}, device profiles "
-        f"{_gib(estimate.device_bytes)}) but {_gib(available)} of memory is available; {advice}{settings} ({DOCS})"
+        f"{_gib(estimate.device_bytes)}) but {_gib(available)} of memory is available; {advice}{settings}{alternative} ({DOCS})"
     )
 
 
