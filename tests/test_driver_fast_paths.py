@@ -64,3 +64,27 @@ def test_predicted_cost_equals_the_per_task_formula():
     got = predicted_cost(tasks, train, holdout)
     assert got.dtype == float and got.tolist() == expected
     assert predicted_cost([], train, holdout).shape == (0,)
+
+
+def test_clock_prediction_equals_client_time_s_per_client(small_config):
+    from raysim.data.loading import load_federated_dataset
+    from raysim.devices import Population, client_time_s
+    from raysim.engine.api import Broadcast
+    from raysim.engine.clock import ClockPredictor
+    from raysim.experiment import model_factory
+
+    cfg = small_config(data={"num_clients": 12})
+    ds = load_federated_dataset(cfg.data, cfg.seed)
+    mix = {"iot": 1, "phone_low": 2, "laptop": 1, "datacenter_gpu": 1}
+    pop = Population.from_mix(ds.num_clients, mix, 5)
+    factory = model_factory(cfg, ds.input_shape, ds.num_classes, None)
+    clock = ClockPredictor(ds, pop, factory)
+    tasks = [ClientTask(0, c, 0, "train", epochs=1 + c % 3) for c in (0, 5, 3, 11, 7, 7)]
+    broadcast = Broadcast(factory(None).state_dict(), payload_bytes=12_345)
+    per_example = clock.flops_per_example(None)
+    expected = [client_time_s(pop.profile(t.client), per_example * ds.client_train_sizes()[t.client] * t.epochs,
+                              12_345, 12_345).total_s for t in tasks]
+    assert clock.predict_s(tasks, broadcast).tolist() == expected  # bit for bit
+    assert clock.predict_s([], broadcast).shape == (0,)
+    with pytest.raises(IndexError):
+        clock.predict_s([ClientTask(0, 12, 0)], broadcast)
