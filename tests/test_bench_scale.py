@@ -74,3 +74,14 @@ def test_refuses_a_population_smaller_than_a_cohort(tmp_path):
     with pytest.raises(ConfigError, match="population"):
         run_scale(tmp_path / "c", ["logreg"], population=100, rounds=1, seed=0)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_committed_result_and_the_readme_table_come_from_the_json():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    result = json.loads((root / "docs" / "results" / "scale" / "scale.json").read_text())
+    md = (root / "docs" / "results" / "scale" / "scale.md").read_text()
+    assert md == markdown(result)  # scale.md is what the JSON renders to
+    table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
+    assert table in (root / "README.md").read_text()  # the README shows that table as it is
