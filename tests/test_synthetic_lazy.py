@@ -160,3 +160,25 @@ def test_the_cli_refuses_a_lazy_population_with_another_partition(tmp_path, caps
     err = capsys.readouterr().err
     assert "data.synthetic.resident=false gives one client per user" in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # no run folder left behind
+
+
+def test_the_lazy_rows_follow_the_resident_generators_model():
+    """Same LEAF model, other draws: per-user statistics agree with the resident dataset's."""
+    base = {"num_clients": 1500, "partition": {"scheme": "natural"}, "holdout_fraction": 0.0}
+
+    def stats(ds):
+        share, means, spread = [], [], []
+        for c in range(ds.num_clients):
+            x, y = ds.client_train(c)
+            share.append(np.bincount(y, minlength=10).max() / len(y))  # how one-sided a user's labels are
+            means.append(x.mean())  # its feature mean: v_k ~ N(B_k, 1), B_k ~ N(0, beta)
+            spread.append(x[:, :5].std(axis=0).mean())  # within a user: Sigma_jj = j^-1.2
+        return np.mean(share), np.std(means), np.mean(spread)
+
+    resident = stats(load_federated_dataset(DataConfig(**base), seed=0))
+    lazy = stats(load_federated_dataset(DataConfig(**base, synthetic={"resident": False}), seed=0))
+    assert lazy[0] == pytest.approx(resident[0], abs=0.03)
+    assert lazy[1] == pytest.approx(resident[1], rel=0.1)
+    assert lazy[2] == pytest.approx(resident[2], rel=0.05)
+    beta2 = stats(load_federated_dataset(DataConfig(**base, synthetic={"resident": False, "beta": 2.0}), seed=0))
+    assert beta2[1] > 1.5 * lazy[1]  # beta moves the users' features apart
