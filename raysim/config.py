@@ -65,6 +65,10 @@ class SyntheticConfig(_Section):
             raise ValueError(f"min_samples={self.min_samples} exceeds max_samples={self.max_samples}")
         return self
     test_fraction: float = Field(0.2, gt=0, lt=1)
+    resident: bool = Field(True, description="False: no rows in memory; each client's rows are generated where it "
+                           "runs, from its own seed (populations of millions; raysim/data/synthetic_lazy.py)")
+    test_users: int = Field(1000, ge=1, description="with resident=false: the users whose test rows make the "
+                            "global test set (a fixed seeded sample, so the test set stays bounded)")
 
 
 class DataConfig(_Section):

@@ -70,7 +70,7 @@ def model_factory(cfg: ExperimentConfig, input_shape: tuple[int, ...], num_class
 def build_runner(cfg: ExperimentConfig, population: Population, dataset: FederatedDataset,
                  device: str = "cpu") -> ClientRunner:
     """The client side of a run, built the same way in the driver and in every Ray worker."""
-    example = torch.tensor(dataset.train.x[:1])
+    example = torch.tensor(dataset.example_inputs(1))
     factory = model_factory(cfg, dataset.input_shape, dataset.num_classes, example)
     vectorize = cfg.backend.clients_per_call if cfg.backend.vectorize else 0  # clients per vectorised group
     return ClientRunner(build_algorithm(cfg, factory, example), dataset, population, factory, cfg.eval.batch_size,

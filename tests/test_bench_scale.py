@@ -17,17 +17,24 @@ def _point(cohort, peak_mib, round_s=(1.0, 1.2), setup_s=2.0):
 
 
 def test_targets_are_judged_on_complete_measurements():
-    ts = targets({"logreg": {"points": [_point(1_000, 500), _point(10_000, 550, round_s=(30.0, 31.0))]}}, asked_rounds=2)
+    ts = targets({"logreg": {"points": [_point(10_000, 500), _point(100_000, 550, round_s=(30.0, 31.0))]}},
+                 asked_rounds=2)
     assert [t["verdict"] for t in ts] == ["met", "met", "met"]
     assert ts[0]["value"] == "+10.0%" and ts[1]["value"] == "31.0 s"
-    grew = targets({"logreg": {"points": [_point(1_000, 500), _point(10_000, 700)]}}, asked_rounds=2)[0]
+    assert "a 100,000-client round <= 60 s" in ts[1]["name"] and "<= 60 s and <= 4 GiB" in ts[2]["name"]
+    grew = targets({"logreg": {"points": [_point(10_000, 500), _point(100_000, 700)]}}, asked_rounds=2)[0]
     assert (grew["met"], grew["verdict"]) == (False, "NOT met")
+    slow = targets({"logreg": {"points": [_point(10_000, 500), _point(100_000, 520, round_s=(69.0, 70.0),
+                                                                        setup_s=61.0)]}}, asked_rounds=2)
+    assert [t["verdict"] for t in slow] == ["met", "NOT met", "NOT met"]
+    # A 10,000-client round is not the 100,000-client target: no round verdict without that cohort.
+    assert len(targets({"logreg": {"points": [_point(1_000, 500), _point(10_000, 500)]}}, asked_rounds=2)) == 2
 
 
 def test_a_point_with_rounds_missing_leaves_its_targets_unjudged():
-    ts = targets({"logreg": {"points": [_point(1_000, 500), _point(10_000, 520, round_s=(30.0,))]}}, asked_rounds=2)
+    ts = targets({"logreg": {"points": [_point(10_000, 500), _point(100_000, 520, round_s=(30.0,))]}}, asked_rounds=2)
     growth, big_round, setup = ts
-    assert growth["met"] is None and "10,000 clients: 1 measured rounds of the 2 asked for" in growth["not_judged_because"]
+    assert growth["met"] is None and "100,000 clients: 1 measured rounds of the 2 asked for" in growth["not_judged_because"]
     assert big_round["met"] is None and big_round["verdict"] == "not judged"
     assert setup["met"] is True  # set-up is measured before any round
     only = targets({"mlp": {"points": [_point(250, 500)]}}, asked_rounds=2)[0]
@@ -35,13 +42,13 @@ def test_a_point_with_rounds_missing_leaves_its_targets_unjudged():
     warmup_only = targets({"mlp": {"points": [_point(250, 500), _point(500, 500, round_s=())]}}, asked_rounds=2)[0]
     assert "500 clients: no measured round, a warm-up only" in warmup_only["not_judged_because"]
     text = markdown({"command": "c", "cores": 2, "population": 10, "scenarios": {}, "targets": ts, "how_measured": {}})
-    assert "(not judged: 10,000 clients: 1 measured rounds of the 2 asked for)" in text
+    assert "(not judged: 100,000 clients: 1 measured rounds of the 2 asked for)" in text
 
 
 def test_a_tiny_real_run_measures_a_cohort_in_its_own_driver(tmp_path, monkeypatch, capsys):
     # One cohort keeps it to one child driver (its own local Ray); growth then needs a second.
     monkeypatch.setitem(SCENARIOS, "logreg", ({"name": "logreg"}, (30,)))
-    result = run_scale(tmp_path / "c", ["logreg"], population=200, rounds=1, seed=0)
+    result = run_scale(tmp_path / "c", ["logreg"], population=200, rounds=1, seed=0, stretch_population=500)
     (point,) = result["scenarios"]["logreg"]["points"]
     assert point["cohort"] == 30 and point["population"] == 200 and len(point["round_s"]) == 1
     assert point["driver_peak_rss_rounds_bytes"] >= point["driver_rss_before_rounds_bytes"] > 0
@@ -52,6 +59,13 @@ def test_a_tiny_real_run_measures_a_cohort_in_its_own_driver(tmp_path, monkeypat
     assert saved["targets"] == result["targets"] and saved["measured_rounds_asked"] == 1
     assert (tmp_path / "c" / "scale_memory.png").stat().st_size > 0
     assert "not judged: one cohort only" in " ".join(capsys.readouterr().out.split())
+    # The stretch point: set-up and one round's sampling of a larger population, no training.
+    stretch = saved["stretch"]
+    assert stretch["population"] == 500 and stretch["cohort"] == 500 and stretch["sampled"] == stretch["online"] < 500
+    assert stretch["setup_s"] > 0 and stretch["sample_s"] > 0 and stretch["driver_maxrss_process_bytes"] > 0
+    md = (tmp_path / "c" / "scale.md").read_text()
+    assert "Stretch (no target): 500 clients set up in" in md and "--stretch-population 500" in md
+    assert "not resident" in md
 
 
 def test_refuses_a_population_smaller_than_a_cohort(tmp_path):
@@ -60,3 +74,14 @@ def test_refuses_a_population_smaller_than_a_cohort(tmp_path):
     with pytest.raises(ConfigError, match="population"):
         run_scale(tmp_path / "c", ["logreg"], population=100, rounds=1, seed=0)
     assert not (tmp_path / "c").exists()
+
+
+def test_the_committed_result_and_the_readme_table_come_from_the_json():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    result = json.loads((root / "docs" / "results" / "scale" / "scale.json").read_text())
+    md = (root / "docs" / "results" / "scale" / "scale.md").read_text()
+    assert md == markdown(result)  # scale.md is what the JSON renders to
+    table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
+    assert table in (root / "README.md").read_text()  # the README shows that table as it is

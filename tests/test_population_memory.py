@@ -154,3 +154,24 @@ def test_ten_million_clients_through_the_cli(tmp_path, overrides, pattern):
 def test_documented_constants_match_the_code():
     doc = (Path(__file__).parent.parent / "docs" / "data-limits.md").read_text()
     assert f"{MAX_CLIENTS:,}" in doc and "PARTITION_BYTES_PER_CLIENT" in doc
+    assert f"`MAX_LAZY_CLIENTS` = {population_memory.MAX_LAZY_CLIENTS:,}" in doc
+    assert f"`LAZY_BYTES_PER_CLIENT` ({population_memory.LAZY_BYTES_PER_CLIENT}:" in doc
+
+
+@pytest.mark.parametrize("data", [
+    {"num_clients": 2_000_000, "partition": {"scheme": "natural"},
+     "synthetic": {"resident": False, "mean_samples": 1.0, "min_samples": 10, "max_samples": 40}},  # per client
+    {"num_clients": 5_000, "partition": {"scheme": "natural"},
+     "synthetic": {"resident": False, "max_samples": 2000, "test_users": 5_000}},  # the test set
+], ids=["clients", "test-set"])
+def test_lazy_estimate_is_at_or_above_the_measured_peak_and_close_to_it(data):
+    from raysim.data.population_memory import estimate_lazy_synthetic
+
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(data)], capture_output=True, text=True,
+                          timeout=300, check=True)
+    measured = int(proc.stdout.split()[-1])
+    estimate = estimate_lazy_synthetic(DataConfig.model_validate(data)).total_bytes
+    assert measured <= estimate <= 1.6 * measured, (measured, estimate)
+    # Far below the resident estimate of the same population: no rows are held.
+    resident = DataConfig.model_validate({**data, "synthetic": {**data["synthetic"], "resident": True}})
+    assert estimate < estimate_synthetic(resident).total_bytes / 3

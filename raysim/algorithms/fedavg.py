@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
@@ -24,7 +25,7 @@ from raysim.engine.api import (
     RoundPlan,
     ServerState,
 )
-from raysim.engine.seeds import derive_seed
+from raysim.engine.seeds import derive_seeds
 from raysim.engine.stats import Partial, Tensors, WeightedSum
 from raysim.engine.training import TrainResult, local_train
 from raysim.engine.vectorized import train_together
@@ -68,10 +69,9 @@ class FedAvg(FederatedAlgorithm):
         broadcast.payload_bytes = self.download_bytes(broadcast)
         c = self.cfg.clients
         lr = c.optimizer.lr * c.lr_decay**round_idx
-        tasks = [
-            ClientTask(round_idx, k, derive_seed(self.cfg.seed, "client", round_idx, k), "train", lr, c.local_epochs)
-            for k in clients
-        ]
+        # derive_seed(seed, "client", round, k) for every client, hashed as one array.
+        seeds = derive_seeds(self.cfg.seed, "client", (round_idx,), np.asarray(clients, dtype=np.int64)).tolist()
+        tasks = [ClientTask(round_idx, k, s, "train", lr, c.local_epochs) for k, s in zip(clients, seeds, strict=True)]
         return RoundPlan(round_idx, tasks, broadcast)
 
     def client_update(self, model: nn.Module, data: ClientData, task: ClientTask, broadcast: Broadcast) -> ClientUpdate:

@@ -42,22 +42,45 @@ class PeakRss:
         self.peak = max(self.peak, self.proc.memory_info().rss)
 
 
+def _set_up(cfg):
+    """The population's data (counts, test set), device profiles; their time and memory."""
+    from raysim.data.loading import load_federated_dataset
+    from raysim.devices import Population
+    from raysim.engine.seeds import derive_seed
+
+    start = time.perf_counter()
+    with PeakRss() as mem:
+        dataset = load_federated_dataset(cfg.data, cfg.seed)
+        pop = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
+    return dataset, pop, {"setup_s": time.perf_counter() - start, "setup_rss_increase_bytes": mem.peak - mem.start}
+
+
+def measure_setup_and_sampling(population: int, cohort: int, seed: int) -> dict:
+    """The stretch point (runs in the child process): set up `population` clients, then draw one
+    round's availability and sample `cohort` clients, as every round does; no training."""
+    from raysim.engine.sampling import sample_clients
+
+    cfg = scenario_config({"name": "logreg"}, population, cohort, seed)
+    dataset, pop, setup = _set_up(cfg)
+    start = time.perf_counter()
+    with PeakRss() as mem:
+        available = pop.available(0, cfg.seed)
+        online = int(available.sum())
+        clients = sample_clients(cfg.seed, 0, cohort, available)
+    return {"population": dataset.num_clients, "cohort": cohort, "sampled": len(clients), "online": online, **setup,
+            "sample_s": time.perf_counter() - start, "sample_rss_increase_bytes": mem.peak - mem.start,
+            "driver_maxrss_process_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+
+
 def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: int) -> dict:
     """One driver's measurements (runs in the child process)."""
     import torch
 
-    from raysim.data.loading import load_federated_dataset
-    from raysim.devices import Population
     from raysim.engine.sampling import sample_clients
-    from raysim.engine.seeds import derive_seed
     from raysim.experiment import backend_session, build_backend, build_runner
 
     cfg = scenario_config(model, population, cohort, seed)
-    start = time.perf_counter()
-    with PeakRss() as setup_mem:
-        dataset = load_federated_dataset(cfg.data, cfg.seed)
-        pop = Population.from_mix(dataset.num_clients, cfg.devices.mix, derive_seed(cfg.seed, "population"))
-    setup_s = time.perf_counter() - start
+    dataset, pop, setup = _set_up(cfg)
     runner = build_runner(cfg, pop, dataset)
     params = sum(p.numel() for p in runner.model_factory(None).parameters())
     available = np.ones(dataset.num_clients, dtype=bool)
@@ -71,9 +94,9 @@ def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: 
         backend.close()
     measured = times[1:]
     return {
-        "cohort": cohort, "population": dataset.num_clients, "train_rows": len(dataset.train),
+        "cohort": cohort, "population": dataset.num_clients, "train_rows": int(dataset.client_train_sizes().sum()),
         "model_params": params, "model_mb": params * 4 / 1e6, "torch_threads_driver": torch.get_num_threads(),
-        "setup_s": setup_s, "setup_rss_increase_bytes": setup_mem.peak - setup_mem.start,
+        **setup,
         "round_s": measured, "warmup_round_s": times[0], "round_s_median": median(measured),
         "updates_per_s": cohort / median(measured), "last_round_busy_fraction": busy,
         "driver_rss_before_rounds_bytes": round_mem.start, "driver_peak_rss_rounds_bytes": round_mem.peak,
@@ -82,19 +105,30 @@ def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: 
     }
 
 
-def run_point(model: dict, population: int, cohort: int, rounds: int, seed: int) -> dict:
-    """Measure one point in a fresh interpreter so its memory peak is its own."""
-    spec = json.dumps({"model": model, "population": population, "cohort": cohort, "rounds": rounds, "seed": seed})
-    proc = subprocess.run([sys.executable, "-m", "raysim.benchmarks.scale_run", "--child", spec],
+def _in_child(spec: dict) -> dict:
+    """Measure in a fresh interpreter so its memory peak is its own."""
+    proc = subprocess.run([sys.executable, "-m", "raysim.benchmarks.scale_run", "--child", json.dumps(spec)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"benchmark C point (cohort {cohort}) failed:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(f"benchmark C point ({spec}) failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_point(model: dict, population: int, cohort: int, rounds: int, seed: int) -> dict:
+    return _in_child({"model": model, "population": population, "cohort": cohort, "rounds": rounds, "seed": seed})
+
+
+def run_stretch(population: int, cohort: int, seed: int) -> dict:
+    return _in_child({"stretch": True, "population": population, "cohort": cohort, "seed": seed})
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         spec = json.loads(sys.argv[2])
-        print(json.dumps(measure_point(spec["model"], spec["population"], spec["cohort"], spec["rounds"], spec["seed"])))
+        if spec.get("stretch"):
+            out = measure_setup_and_sampling(spec["population"], spec["cohort"], spec["seed"])
+        else:
+            out = measure_point(spec["model"], spec["population"], spec["cohort"], spec["rounds"], spec["seed"])
+        print(json.dumps(out))
     else:
         sys.exit("usage: raysim bench scale ... (this module's --child mode is internal)")

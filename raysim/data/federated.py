@@ -2,7 +2,9 @@
 
 Client membership is stored CSR-style (one index array plus offsets) so a
 population of 100,000 clients is two arrays, not 100,000 Python objects, and
-the whole thing can live once in a shared object store.
+the whole thing can live once in a shared object store. The engine reads a client's
+rows through `client_train` / `client_holdout` only, so a dataset that makes them on demand
+(raysim/data/synthetic_lazy.py) can stand in for this one.
 """
 from __future__ import annotations
 
@@ -65,6 +67,24 @@ class FederatedDataset:
     def client_holdout_rows(self, client: int) -> np.ndarray:
         rows = self._slice(client)
         return rows[len(rows) - int(self.holdout_counts[client]) :]
+
+    def client_train(self, client: int) -> tuple[np.ndarray, np.ndarray]:
+        """The client's training rows (x, y), copied out of the (possibly shared, read-only) arrays."""
+        rows = self.client_train_rows(client)
+        return self.train.x[rows], self.train.y[rows]
+
+    def client_holdout(self, client: int) -> tuple[np.ndarray, np.ndarray]:
+        rows = self.client_holdout_rows(client)
+        return self.train.x[rows], self.train.y[rows]
+
+    def example_inputs(self, n: int) -> np.ndarray:
+        """The first `n` training rows (to build models and count their FLOPs)."""
+        return self.train.x[:n]
+
+    @property
+    def shared_array(self) -> np.ndarray:
+        """The largest array a worker maps from the object store (its zero-copy check)."""
+        return self.train.x
 
     def client_train_sizes(self) -> np.ndarray:
         return np.diff(self.client_offsets) - self.holdout_counts

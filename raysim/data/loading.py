@@ -19,12 +19,15 @@ from raysim.data.federated import ArrayDataset, FederatedDataset
 from raysim.data.idx import load_idx_dataset, num_idx_classes
 from raysim.data.leaf import load_leaf
 from raysim.data.population_memory import (
+    MAX_LAZY_CLIENTS,
     available_memory_bytes,
     check_population,
+    estimate_lazy_synthetic,
     estimate_partition,
     estimate_synthetic,
 )
 from raysim.data.synthetic import generate_synthetic
+from raysim.data.synthetic_lazy import LazySyntheticDataset, build_lazy_synthetic
 from raysim.engine.seeds import rng_for
 from raysim.registry import Registry
 
@@ -96,13 +99,21 @@ def default_data_path(dataset: str) -> Path:
     return (Path(base) if base else Path.home() / ".cache" / "raysim" / "data") / dataset
 
 
-def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset:
+def load_federated_dataset(cfg: DataConfig, seed: int) -> FederatedDataset | LazySyntheticDataset:
     """The dataset of `cfg`, deterministic for `seed`.
 
     Synthetic data has cfg.num_clients users. The natural partition with num_clients below the
     user count keeps the users with the most training rows (ties: lower user index first); the
-    other users' train rows are dropped, their test rows stay in the global test set.
+    other users' train rows are dropped, their test rows stay in the global test set. With
+    data.synthetic.resident=false no rows are made here (raysim/data/synthetic_lazy.py).
     """
+    if cfg.dataset == "synthetic" and not cfg.synthetic.resident:
+        def lazy_for(n: int):
+            return estimate_lazy_synthetic(cfg.model_copy(update={"num_clients": n}))
+
+        check_population(lazy_for(cfg.num_clients), available_memory_bytes(), lazy_for, cfg.num_clients,
+                         " with these data.synthetic settings", max_clients=MAX_LAZY_CLIENTS)
+        return build_lazy_synthetic(cfg, seed)
     generate_rng, train_rng, test_rng, partition_rng, holdout_rng = (rng_for(seed, "data", s) for s in range(5))
     # Known before any file is read for registered datasets; after loading for import-path ones.
     if DATASETS.info(cfg.dataset).get("has_users") is False:
@@ -135,8 +146,9 @@ def _check_generated_size(cfg: DataConfig) -> None:
         def for_clients(n: int):
             return estimate(cfg.model_copy(update={"num_clients": n}))
 
+        lazy = " (or data.synthetic.resident=false: no rows in memory)" if cfg.dataset == "synthetic" else ""
         check_population(estimate(cfg), available_memory_bytes(), for_clients, cfg.num_clients,
-                         f" with these data.{cfg.dataset} settings")
+                         f" with these data.{cfg.dataset} settings", alternative=lazy)
 
 
 def _check_partition_size(cfg: DataConfig, central: CentralData) -> None:

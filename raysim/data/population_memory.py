@@ -27,6 +27,13 @@ from raysim.data.synthetic import SAMPLES_SIGMA, USERS_PER_BLOCK
 # Set-up builds numpy arrays per client (partition, holdout shuffle) at about 35 s per
 # million clients on one core; beyond this it would run for minutes without output.
 MAX_CLIENTS = 1_000_000
+# Without resident rows (data.synthetic.resident=false) set-up is a few vectorised draws:
+# 10,000,000 clients set up and sample in seconds (benchmark C measures it), and every
+# round still does O(population) work (availability, sampling), so the cap stays there.
+MAX_LAZY_CLIENTS = 10_000_000
+# Per client, without resident rows: row and held-out counts (int32 each) and, while they are
+# made, the log-normal draw and its int64 casts and clip (measured 22 bytes a client at the peak).
+LAZY_BYTES_PER_CLIENT = 32
 PARTITION_BYTES_PER_ROW = 40  # the client index and the partition's sort temporaries (int64)
 PARTITION_BYTES_PER_CLIENT = 400  # a client's row array, its shuffled copy, list slots (measured 350-390)
 DEVICE_BYTES_PER_CLIENT = 20  # profile ids (uint8, while shuffled) and a round's availability draw (float64)
@@ -76,6 +83,19 @@ def estimate_synthetic(cfg: DataConfig) -> PopulationEstimate:
     return _with_partition(clients, rows, data)
 
 
+def estimate_lazy_synthetic(cfg: DataConfig) -> PopulationEstimate:
+    """The synthetic dataset without resident rows: small arrays per client and the global
+    test set (test_users users' test rows, at most max_samples rows each)."""
+    syn, clients = cfg.synthetic, cfg.num_clients
+    test_rows = min(syn.test_users, clients) * math.ceil(expected_rows_per_user(syn) * syn.test_fraction + 1)
+    # The test rows twice (the users' parts, then joined), and one user's rows while they are
+    # generated (features, their noise and the logits).
+    test_bytes = (test_rows * (4 * syn.dimension + LABEL_BYTES) * 2
+                  + syn.max_samples * 4 * (2 * syn.dimension + syn.num_classes))
+    return PopulationEstimate(clients=clients, data_bytes=clients * LAZY_BYTES_PER_CLIENT + test_bytes,
+                              partition_bytes=0, device_bytes=clients * DEVICE_BYTES_PER_CLIENT)
+
+
 def estimate_partition(cfg: DataConfig, train_rows: int, row_bytes: int, clients: int) -> PopulationEstimate:
     """What remains to build once the central data is in memory: the subsample's copy,
     the partition and the device profiles of `clients`."""
@@ -111,28 +131,32 @@ def check_population(
     estimate_for: Callable[[int], PopulationEstimate],
     requested: int,
     settings: str = "",
+    max_clients: int = MAX_CLIENTS,
+    alternative: str = "",
 ) -> None:
     """Raise ConfigError, naming data.num_clients (`requested`) and what would fit, when the
-    population exceeds MAX_CLIENTS or its estimate exceeds `available` bytes. `estimate_for(n)`
+    population exceeds `max_clients` or its estimate exceeds `available` bytes. `estimate_for(n)`
     is the estimate for n clients with everything else the same; `settings` names what else
-    the estimate depends on."""
-    over_cap, over_memory = estimate.clients > MAX_CLIENTS, estimate.total_bytes > available
+    the estimate depends on; `alternative` is advice to add (a mode that would fit)."""
+    over_cap, over_memory = estimate.clients > max_clients, estimate.total_bytes > available
     if not (over_cap or over_memory):
         return
     setting = f"data.num_clients={requested:,}"
     if estimate.clients != requested:
         setting += f" ({estimate.clients:,} clients)"
     if not over_memory:
+        why = ("set-up builds arrays per client, about 35 s per million" if max_clients == MAX_CLIENTS
+               else "every round samples from the whole population")
         raise ConfigError(
-            f"{setting}: over raysim's limit of {MAX_CLIENTS:,} clients (set-up builds arrays per client, "
-            f"about 35 s per million); use at most {MAX_CLIENTS:,} ({DOCS})"
+            f"{setting}: over raysim's limit of {max_clients:,} clients ({why}); use at most {max_clients:,}"
+            f"{alternative} ({DOCS})"
         )
-    fit = _most_clients_within(available, min(estimate.clients, MAX_CLIENTS), estimate_for)
+    fit = _most_clients_within(available, min(estimate.clients, max_clients), estimate_for)
     advice = f"at most {fit:,} clients fit" if fit else "not even one client fits"
     raise ConfigError(
         f"{setting}: building this population needs about {_gib(estimate.total_bytes)} (data rows "
         f"{_gib(estimate.data_bytes)}, partition index arrays {_gib(estimate.partition_bytes)}, device profiles "
-        f"{_gib(estimate.device_bytes)}) but {_gib(available)} of memory is available; {advice}{settings} ({DOCS})"
+        f"{_gib(estimate.device_bytes)}) but {_gib(available)} of memory is available; {advice}{settings}{alternative} ({DOCS})"
     )
 
 

@@ -19,6 +19,18 @@ SAMPLES_SIGMA = 2.0  # LEAF's log-normal sigma for samples per user
 USERS_PER_BLOCK = 2048  # users generated together: vectorised, with bounded temporaries
 
 
+def user_row_counts(cfg: SyntheticConfig, num_users: int, rng: np.random.Generator) -> np.ndarray:
+    """Rows per user (int64): LEAF's log-normal draw. Its heavy tail reaches tens of thousands
+    of rows for one user; the clip keeps runs bounded."""
+    return np.clip(rng.lognormal(cfg.mean_samples, SAMPLES_SIGMA, num_users).astype(np.int64),
+                   cfg.min_samples, cfg.max_samples)
+
+
+def rows_for_test(counts: np.ndarray, test_fraction: float) -> np.ndarray:
+    """Of each user's rows, how many are test rows: at least one, and one train row at least."""
+    return np.clip(np.round(counts * test_fraction).astype(np.int64), 1, counts - 1)
+
+
 def generate_synthetic(cfg: SyntheticConfig, num_users: int, rng: np.random.Generator) -> UserDataset:
     """x float32 (N, cfg.dimension); each user's rows are split train/test by cfg.test_fraction.
 
@@ -26,11 +38,8 @@ def generate_synthetic(cfg: SyntheticConfig, num_users: int, rng: np.random.Gene
     100,000 users sets up in seconds and in memory proportional to its rows."""
     if num_users < 1:
         raise ValueError(f"num_users={num_users}: the synthetic dataset needs at least one user")
-    # LEAF's heavy tail reaches tens of thousands of rows for one user; the clip keeps runs bounded.
-    counts = np.clip(rng.lognormal(cfg.mean_samples, SAMPLES_SIGMA, num_users).astype(np.int64),
-                     cfg.min_samples, cfg.max_samples)
-    n_test = np.clip(np.round(counts * cfg.test_fraction).astype(np.int64), 1, counts - 1)
-    n_train = counts - n_test
+    counts = user_row_counts(cfg, num_users, rng)
+    n_train = counts - rows_for_test(counts, cfg.test_fraction)
     model_means = rng.normal(0.0, cfg.alpha, num_users).astype(np.float32)
     feature_means = rng.normal(0.0, cfg.beta, num_users).astype(np.float32)
     feature_scale = (np.arange(1, cfg.dimension + 1, dtype=np.float32) ** -0.6)  # sqrt(j^-1.2)

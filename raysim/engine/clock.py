@@ -26,7 +26,7 @@ class ClockPredictor:
         self.population = population
         self.model_factory = model_factory
         self.train_sizes = dataset.client_train_sizes()
-        self.example = torch.tensor(dataset.train.x[:2])
+        self.example = torch.tensor(dataset.example_inputs(2))
         self._flops_per_example: dict[str, float] = {}
 
     def flops_per_example(self, arch) -> float:
@@ -36,13 +36,28 @@ class ClockPredictor:
         return self._flops_per_example[key]
 
     def predict_s(self, tasks: Sequence[ClientTask], broadcast: Broadcast) -> np.ndarray:
-        """Simulated seconds per task, assuming the upload is as large as the download."""
+        """Simulated seconds per task, assuming the upload is as large as the download:
+        client_time_s's arithmetic on arrays, in its order (the same floats, per client)."""
         per_example = self.flops_per_example(broadcast.arch)
-        return np.array([
-            client_time_s(self.population.profile(t.client), per_example * self.train_sizes[t.client] * t.epochs,
-                          broadcast.payload_bytes, broadcast.payload_bytes).total_s
-            for t in tasks
-        ])
+        n, payload = len(tasks), broadcast.payload_bytes
+        clients = np.fromiter((t.client for t in tasks), np.int64, n)
+        epochs = np.fromiter((t.epochs for t in tasks), np.int64, n)
+        if n and (clients.min() < 0 or clients.max() >= len(self.population)):
+            raise IndexError(f"a client outside the population of {len(self.population)}")
+        profiles = self.population.profiles
+        ids = self.population.profile_ids[clients]
+
+        def field(name: str) -> np.ndarray:
+            return np.array([getattr(p, name) for p in profiles], dtype=float)[ids]
+
+        flops = per_example * self.train_sizes[clients] * epochs
+        client_time_s(profiles[0], 0.0, payload, payload)  # its checks on the payload
+        if not np.all(np.isfinite(flops)) or np.any(flops < 0):
+            raise ValueError(f"flops must be finite numbers >= 0, got {flops[~(np.isfinite(flops) & (flops >= 0))][:3]}")
+        compute = flops / field("flops_per_s")
+        download = 8 * payload / field("down_bps")
+        upload = 8 * payload / field("up_bps")
+        return compute + download + upload + field("latency_s")
 
     def round_deadline(self, tasks: Sequence[ClientTask], broadcast: Broadcast, keep: int,
                        deadline_s: float | None) -> float | None:

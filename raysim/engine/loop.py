@@ -112,7 +112,8 @@ class RoundLoop:
             clients = sample_clients(self.seed, r, math.ceil(self.cohort * self.overcommit), available)
             plan = self.algorithm.configure_round(state, r, clients)
             deadline = self.clock.round_deadline(plan.tasks, plan.broadcast, self.cohort, self.deadline_s)
-            plan = replace(plan, tasks=[replace(t, deadline_s=deadline) for t in plan.tasks])
+            if any(t.deadline_s != deadline for t in plan.tasks):  # no second copy of every task when unchanged
+                plan = replace(plan, tasks=[replace(t, deadline_s=deadline) for t in plan.tasks])
             partial = self.backend.run(plan.tasks, plan.broadcast)
             pool = self.backend.pool_info()
             state, metrics = self.algorithm.aggregate(state, plan, partial)

@@ -21,6 +21,7 @@ This is the only module that imports ray.
 """
 from __future__ import annotations
 
+import heapq
 import ipaddress
 import os
 import socket
@@ -71,7 +72,7 @@ class ClientWorker:
         self.metrics = WorkerMetrics(str(index))  # Ray metrics per worker, never per client
 
     def info(self) -> dict:
-        x = self.dataset.train.x
+        x = self.dataset.shared_array
         return {
             "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(), "resources": ray.get_runtime_context().get_assigned_resources(),
@@ -128,21 +129,25 @@ def predicted_cost(tasks: Sequence[ClientTask], train_sizes: np.ndarray, holdout
 
     Device profiles do not enter: they throttle simulated time, while a worker
     spends the same real time on a client whichever phone it stands for."""
-    return np.array([
-        CLIENT_OVERHEAD_EXAMPLES + (holdout_sizes[t.client] if t.kind == "evaluate" else train_sizes[t.client] * t.epochs)
-        for t in tasks
-    ], dtype=float)
+    n = len(tasks)
+    clients = np.fromiter((t.client for t in tasks), np.int64, n)
+    evaluate = np.fromiter((t.kind == "evaluate" for t in tasks), bool, n)
+    epochs = np.fromiter((t.epochs for t in tasks), np.int64, n)
+    examples = np.where(evaluate, np.asarray(holdout_sizes)[clients], np.asarray(train_sizes)[clients] * epochs)
+    return (CLIENT_OVERHEAD_EXAMPLES + examples).astype(float)
 
 
 def balance(costs: np.ndarray, workers: int) -> list[list[int]]:
     """Longest-processing-time-first: each task (dearest first, ties by position) onto the
     least-loaded worker (ties to the lowest index). Each worker's tasks stay in their
     original order so its running sum does not depend on the cost ranking."""
-    loads = np.zeros(workers)
+    # A heap of (load, worker) pops the least-loaded worker, ties to the lowest index.
+    loads = [(0.0, w) for w in range(workers)]
     assigned: list[list[int]] = [[] for _ in range(workers)]
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        w = int(np.argmin(loads))
-        loads[w] += costs[i]
+    cost = np.asarray(costs, dtype=float).tolist()
+    for i in np.argsort(-np.asarray(costs, dtype=float), kind="stable").tolist():  # dearest first, ties by position
+        load, w = loads[0]
+        heapq.heapreplace(loads, (load + cost[i], w))
         assigned[w].append(i)
     return [sorted(a) for a in assigned]
 

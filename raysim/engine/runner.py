@@ -85,7 +85,7 @@ class ClientRunner:
         """Pay a first client's one-off costs at start-up, not in round 1: the original model is
         built and its FLOPs counted (torch imports its dispatch machinery on first use, about
         a second). Best effort: whatever fails here, the first client meets and reports."""
-        x = self.dataset.train.x[:2].copy()  # a worker's dataset is read-only shared memory
+        x = self.dataset.example_inputs(2).copy()  # a worker's dataset is read-only shared memory
         if len(x) == 0:
             return
         try:
@@ -114,10 +114,10 @@ class ClientRunner:
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
 
-    def _client_data(self, rows) -> ClientData:
-        # Fancy indexing copies the client's rows out of the (possibly shared, read-only) arrays.
-        train = self.dataset.train
-        return ClientData(torch.from_numpy(train.x[rows]).to(self.device), torch.from_numpy(train.y[rows]).to(self.device))
+    def _client_data(self, rows: tuple) -> ClientData:
+        """(x, y) from the dataset's client_train / client_holdout: the client's own copy."""
+        x, y = rows
+        return ClientData(torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device))
 
     def run(self, tasks: Sequence[ClientTask], broadcast: Broadcast, into: Partial | None = None) -> Partial:
         """Run `tasks` and sum them into `into` in place (a worker's running sum for the round),
@@ -191,7 +191,7 @@ class ClientRunner:
         return True
 
     def _evaluate(self, task: ClientTask, broadcast: Broadcast, partial: Partial) -> None:
-        data = self._client_data(self.dataset.client_holdout_rows(task.client))
+        data = self._client_data(self.dataset.client_holdout(task.client))
         if len(data) == 0:
             return
         loss_sum, correct, n = evaluate(self.model_for(broadcast), data.x, data.y, self.eval_batch_size)
@@ -202,7 +202,7 @@ class ClientRunner:
         c.clients += 1
 
     def _train(self, task: ClientTask, broadcast: Broadcast, densities: dict[str, float], partial: Partial) -> None:
-        data = self._client_data(self.dataset.client_train_rows(task.client))
+        data = self._client_data(self.dataset.client_train(task.client))
         if len(data) == 0:
             raise ValueError(f"client {task.client} has no training data")
         model = self.model_for(broadcast)
