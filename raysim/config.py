@@ -450,13 +450,18 @@ def config_identity(cfg: ExperimentConfig) -> dict:
     return tree
 
 
-def identity_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields where two identities differ."""
+def identity_differences(saved: dict, current: dict, defaults: dict | None = None, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two identities differ. A field the saved identity
+    lacks (added to raysim after the checkpoint was written) matches when the current value
+    is that field's default in `defaults` (config_identity of ExperimentConfig())."""
     out = []
+    defaults = defaults or {}
     for key in sorted(saved.keys() | current.keys()):
-        a, b = saved.get(key), current.get(key)
+        a, b, d = saved.get(key), current.get(key), defaults.get(key) if isinstance(defaults, dict) else None
         if isinstance(a, dict) and isinstance(b, dict):
-            out += identity_differences(a, b, f"{prefix}{key}.")
+            out += identity_differences(a, b, d if isinstance(d, dict) else {}, f"{prefix}{key}.")
+        elif key not in saved and isinstance(defaults, dict) and key in defaults and b == d:
+            continue
         elif a != b:
             out.append(prefix + key)
     return out

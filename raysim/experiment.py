@@ -182,7 +182,7 @@ def resume_state(cfg: ExperimentConfig, run_dir: Path, algorithm: FederatedAlgor
     state, identity, warnings = found
     for w in warnings:
         print(f"raysim: warning: {w}", file=sys.stderr)
-    changed = identity_differences(identity, config_identity(cfg))
+    changed = identity_differences(identity, config_identity(cfg), config_identity(ExperimentConfig()))
     if changed:
         raise ConfigError(f"--resume {run_dir}: {CONFIG_FILE} differs from the config checkpoint round "
                           f"{state.round} was made with, in {', '.join(changed)}; restore those fields, or start "

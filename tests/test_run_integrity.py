@@ -12,7 +12,7 @@ import torch
 
 from raysim.algorithms.fedavg import FedAvg
 from raysim.cli import main
-from raysim.config import ConfigError, config_identity
+from raysim.config import ConfigError, ExperimentConfig, config_identity, identity_differences
 from raysim.engine.api import ServerState
 from raysim.engine.loop import Evaluator
 from raysim.experiment import execute, new_run
@@ -217,6 +217,24 @@ def test_a_checkpoint_whose_weights_do_not_fit_the_model_is_refused(small_config
     save_checkpoint(run_dir, wrong, config_identity(cfg))
     with pytest.raises(ConfigError, match="does not fit the model"):
         execute(cfg, run_dir, resume=True)
+
+
+def test_a_checkpoint_from_before_a_new_setting_resumes_while_that_setting_is_at_its_default(small_config):
+    """A field raysim gained after the checkpoint was written (here data.synthetic.resident) is
+    absent from the checkpoint's identity: at its default it matches, set otherwise it is refused."""
+    cfg = small_config(rounds=3)
+    run_dir = new_run(cfg)
+    execute(cfg.model_copy(update={"rounds": 1}), run_dir)
+    state = load_checkpoint(latest_checkpoint(run_dir))
+    older = config_identity(cfg)
+    del older["data"]["synthetic"]["resident"]
+    for stem in checkpoint_stems(run_dir):
+        stem.with_suffix(".json").unlink()
+    save_checkpoint(run_dir, state, older)
+    assert execute(cfg, run_dir, resume=True)["rounds"] == 3
+    changed = identity_differences(older, config_identity(small_config(data={"synthetic": {"resident": False}})),
+                                   config_identity(ExperimentConfig()))
+    assert changed == ["data.synthetic.resident"]
 
 
 # --- Numerics and YAML ---------------------------------------------------------------

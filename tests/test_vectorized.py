@@ -98,11 +98,14 @@ def _assert_close_runs(a, b, rel):
                 assert y[k] == x[k], (x["round"], k)
 
 
-def test_a_vectorised_run_equals_the_plain_run_within_float_tolerance(small_config):
-    """The synthetic population (unequal clients), SGD with momentum, learning-rate decay,
-    server momentum, 2 local epochs: every round's numbers agree, costs exactly."""
-    plain = _rows(small_config(rounds=3))
-    vec = _rows(small_config(rounds=3, backend={"name": "inprocess", "vectorize": True}))
+@pytest.mark.parametrize("resident", [True, False])
+def test_a_vectorised_run_equals_the_plain_run_within_float_tolerance(small_config, resident):
+    """The synthetic population (unequal clients; rows resident or generated per client), SGD
+    with momentum, learning-rate decay, server momentum, 2 local epochs: every round's numbers
+    agree, costs exactly."""
+    data = {"synthetic": {"resident": resident}}
+    plain = _rows(small_config(rounds=3, data=data))
+    vec = _rows(small_config(rounds=3, data=data, backend={"name": "inprocess", "vectorize": True}))
     _assert_close_runs(plain, vec, rel=1e-4)
     assert [r["clients_vectorized"] for r in vec if r["round"] > 0] == [r["clients_done"] for r in vec if r["round"] > 0]
     assert all(r["clients_vectorized"] == 0 for r in plain)

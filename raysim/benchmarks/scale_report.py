@@ -84,13 +84,16 @@ def markdown(result: dict) -> str:
         f"{result['population']:,} clients.  ",
         "Data: LEAF Synthetic, not resident (`data.synthetic.resident: false`): the driver and the object store hold "
         "two counts per client; each client's rows are generated on the worker that runs it, from its own seed.", "",
-        "| scenario | clients/round | median round (s) | updates/s | driver peak RSS (rounds) | increase during rounds |"
-        " set-up (s) | set-up memory |",
-        "|---|---|---|---|---|---|---|---|",
+        "Training path: `vectorized` yes means backend.vectorize (each call's clients trained as one vmap'd "
+        "computation; a round where any client fell back is an error), no means one client at a time.", "",
+        "| scenario | clients/round | vectorized | median round (s) | updates/s | driver peak RSS (rounds) |"
+        " increase during rounds | set-up (s) | set-up memory |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in result["scenarios"].items():
         for p in s["points"]:
-            lines.append(f"| {name} ({p['model_mb']:.2f} MB model) | {p['cohort']:,} | {p['round_s_median']:.2f} | "
+            lines.append(f"| {name} ({p['model_mb']:.2f} MB model) | {p['cohort']:,} | "
+                         f"{'yes' if p.get('vectorized') else 'no'} | {p['round_s_median']:.2f} | "
                          f"{p['updates_per_s']:.0f} | {_mb(p['driver_peak_rss_rounds_bytes'])} | "
                          f"{_mb(p['driver_peak_rss_increase_rounds_bytes'])} | {p['setup_s']:.1f} | "
                          f"{_mb(p['setup_rss_increase_bytes'])} |")

@@ -89,13 +89,13 @@ def measure_point(model: dict, population: int, cohort: int, rounds: int, seed: 
         backend = build_backend(cfg, runner)
         backend.wait_ready()
         with PeakRss() as round_mem:
-            times = timed_rounds(backend, runner, cohorts)
+            times = timed_rounds(backend, runner, cohorts, vectorized=cfg.backend.vectorize)
         busy = backend.pool_info()["busy_fraction"]
         backend.close()
     measured = times[1:]
     return {
         "cohort": cohort, "population": dataset.num_clients, "train_rows": int(dataset.client_train_sizes().sum()),
-        "model_params": params, "model_mb": params * 4 / 1e6, "torch_threads_driver": torch.get_num_threads(),
+        "model_params": params, "model_mb": params * 4 / 1e6, "vectorized": cfg.backend.vectorize, "torch_threads_driver": torch.get_num_threads(),
         **setup,
         "round_s": measured, "warmup_round_s": times[0], "round_s_median": median(measured),
         "updates_per_s": cohort / median(measured), "last_round_busy_fraction": busy,

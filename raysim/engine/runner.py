@@ -162,10 +162,9 @@ class ClientRunner:
         key = self._model_key(broadcast.arch)
         if key in self.not_vectorized or broadcast is self._declined:
             return False
-        rows = [self.dataset.client_train_rows(t.client) for t in group]
-        if any(len(r) == 0 for r in rows):
+        datas = [self._client_data(self.dataset.client_train(t.client)) for t in group]
+        if any(len(d) == 0 for d in datas):
             return False  # one at a time, so that client fails alone
-        datas = [self._client_data(r) for r in rows]
         model = self.model_for(broadcast)
         flops = self._flop_profile(model, broadcast.arch, datas[0].x[:2])
         start = time.perf_counter()
