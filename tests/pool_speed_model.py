@@ -19,7 +19,8 @@ SLOW_S_PER_EXAMPLE = 0.0008  # 4x slower
 class PoolSpeedLogReg(LogisticRegression):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not hasattr(self, "_per_example_s"):
-            slow = ray.is_initialized() and "slow_group" in ray.get_runtime_context().get_assigned_resources()
+            worker = ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE
+            slow = worker and "slow_group" in ray.get_runtime_context().get_assigned_resources()
             self._per_example_s = SLOW_S_PER_EXAMPLE if slow else FAST_S_PER_EXAMPLE
         time.sleep(self._per_example_s * len(x))
         return super().forward(x)
