@@ -179,7 +179,11 @@ def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
 
 
 def _alive_nodes() -> list[dict[str, float]]:
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    """Each live node's resources a worker can ask for (not memory, nor Ray's node:* markers)."""
+    def askable(key: str) -> bool:
+        return key not in ("memory", "object_store_memory") and not key.startswith(("node:", "accelerator_type:"))
+
+    return [{k: v for k, v in n["Resources"].items() if askable(k)} for n in ray.nodes() if n.get("Alive")]
 
 
 def check_pools_placeable(cfg: BackendConfig, nodes: list[dict[str, float]]) -> None:
