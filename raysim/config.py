@@ -298,10 +298,10 @@ class BackendConfig(_Section):
     clients_per_call: int = Field(32, ge=1, description="clients sent to a worker per remote call")
     max_retries: int = Field(3, ge=0, description="times a dead worker's clients are retried within one round")
     placement_timeout_s: float = Field(
-        30.0, gt=0, description="seconds a new or replacement worker may take to start; past it, the pool shrinks "
-                                "to what the cluster holds (a lost node's CPUs are gone)"
+        30.0, gt=0, description="seconds a new, replacement or first worker may wait for a node to take it "
+                                "(building it may take longer); past it, the pool shrinks to what the cluster "
+                                "holds (a lost node's CPUs are gone)"
     )
-    # placement_timeout_s also bounds how long the first workers may wait for a node (docs/cluster.md).
     pools: list[PoolConfig] | None = Field(
         None, description="groups of workers with their own resources (a CPU group and a GPU group); null: one pool "
                           "of num_workers x (num_cpus_per_worker, num_gpus_per_worker)"

@@ -16,12 +16,12 @@
 - A worker that dies is replaced and all of its clients for the round rerun
   (its running sum died with it, so nothing is counted twice), at most
   `max_retries` times; after that its clients are reported as failed.
-- A replacement that has not started within `placement_timeout_s` (its node is
+- A replacement that no node took within `placement_timeout_s` (its node is
   gone, and the CPU with it) is given up: the pool shrinks and the clients rerun on
   the next surviving worker of its pool that is free. Before each round each pool grows
   back into resources the cluster has free (a node joined), up to its `num_workers`.
-- The first pool's workers must be placed on a node within `placement_timeout_s`
-  (building them may take longer); a pool no node can hold is refused at once.
+- The first pool's workers, too, must be placed on a node within `placement_timeout_s`
+  (building any worker may take longer); a pool no node can hold is refused at once.
 
 This is the only module that imports ray.
 """
@@ -142,9 +142,6 @@ def predicted_cost(tasks: Sequence[ClientTask], train_sizes: np.ndarray, holdout
         CLIENT_OVERHEAD_EXAMPLES + (holdout_sizes[t.client] if t.kind == "evaluate" else train_sizes[t.client] * t.epochs)
         for t in tasks
     ], dtype=float)
-
-
-__all__ = ["balance", "workers_fitting"]  # re-exported: raysim/engine/pools.py has them
 
 
 def _pool_label(cfg: BackendConfig, pool: PoolConfig) -> str:
@@ -332,8 +329,12 @@ class RayBackend(Backend):
         return _Worker(index, actor, actor.info.remote(), pool)
 
     def _placed(self, worker: _Worker, timeout_s: float | None) -> bool:
-        """Wait (at most `timeout_s`) for `worker` to start; one that does not is killed."""
+        """Wait for `worker` to start: at most `timeout_s` for a node to take it, then as long as it
+        builds (a loaded machine may take longer to start a process than to place it); one that no
+        node took is killed."""
         ready, _ = ray.wait([worker.ready], timeout=timeout_s)
+        while not ready and _is_placed(worker.actor):  # building; a node lost meanwhile ends it with an error
+            ready, _ = ray.wait([worker.ready], timeout=1.0)
         try:
             if ready:
                 worker.info = ray.get(worker.ready)
@@ -345,8 +346,7 @@ class RayBackend(Backend):
         return False
 
     def _new_worker(self, pool: _Pool) -> _Worker | None:
-        """A started worker of `pool`, or None when the cluster cannot place one within the placement
-        timeout. After a timeout, no further worker of the pool is tried until the cluster's resources
+        """A started worker of `pool`, or None when no node takes one within the placement timeout. After a timeout, no further worker of the pool is tried until the cluster's resources
         change (a node joins or is declared dead), so a lost node costs one timeout, not one per worker
         or round."""
         if pool.placement_failed is not None and pool.placement_failed == ray.cluster_resources():
