@@ -16,8 +16,8 @@ from test_ray_backend import _assert_same_aggregate
 from conftest import plan_round
 from raysim.config import ConfigError, PoolConfig, config_from_dict
 from raysim.engine.backend import InProcessBackend
-from raysim.engine.pools import SMOOTHING, Throughput, balance, pool_targets, workers_fitting
-from raysim.engine.ray_backend import RayBackend, pool_sizes
+from raysim.engine.pools import SMOOTHING, Throughput, balance_pools, pool_targets, workers_fitting
+from raysim.engine.ray_backend import RayBackend, balance, pool_sizes
 from raysim.experiment import build_runner, execute, new_run
 
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -108,25 +108,25 @@ def test_throughput_is_smoothed_per_pool_and_kind_and_falls_back():
 def test_balance_gives_a_pool_work_in_proportion_to_its_speed():
     costs = np.full(40, 10.0)
     # Workers 0, 1 four times as fast as 2, 3.
-    groups = balance(costs, 4, speeds=[4.0, 4.0, 1.0, 1.0])
+    groups = balance_pools(costs, 4, speeds=[4.0, 4.0, 1.0, 1.0])
     loads = [costs[g].sum() for g in groups]
     assert loads == [160.0, 160.0, 40.0, 40.0]
     finish = [load / s for load, s in zip(loads, [4, 4, 1, 1])]
     assert max(finish) == min(finish)
     # Equal speeds are plain longest-first onto the least loaded.
     uneven = np.array([400.0, 10, 10, 10, 10, 10, 10, 10, 390])
-    assert balance(uneven, 2, speeds=[1.0, 1.0]) == balance(uneven, 2)
+    assert balance_pools(uneven, 2, speeds=[1.0, 1.0]) == balance_pools(uneven, 2) == balance(uneven, 2)
     assert all(g == sorted(g) for g in groups)
 
 
 def test_balance_sends_bound_clients_only_to_their_pool_and_fills_around_them():
     costs = np.array([5.0, 50.0, 5.0, 40.0, 5.0, 5.0])
     allowed = [None, [0], None, [0], None, None]  # clients 1 and 3 bound to worker 0
-    groups = balance(costs, 2, allowed=allowed)
+    groups = balance_pools(costs, 2, allowed=allowed)
     assert 1 in groups[0] and 3 in groups[0]
     assert sorted(i for g in groups for i in g) == list(range(6))
     assert groups[1] == [0, 2, 4, 5]  # every free client on the other worker: worker 0 is full
-    with_speed = balance(costs, 2, speeds=[10.0, 1.0], allowed=allowed)
+    with_speed = balance_pools(costs, 2, speeds=[10.0, 1.0], allowed=allowed)
     assert {1, 3} <= set(with_speed[0])
 
 

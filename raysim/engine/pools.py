@@ -87,11 +87,12 @@ class Throughput:
         return [rates.get(p, fallback) for p in pools]
 
 
-def balance(costs: np.ndarray, workers: int, speeds: Sequence[float] | None = None,
+def balance_pools(costs: np.ndarray, workers: int, speeds: Sequence[float] | None = None,
             allowed: Sequence[Sequence[int] | None] | None = None) -> list[list[int]]:
     """Longest-processing-time-first: each task (dearest first, ties by position) onto the
     worker that would finish it soonest, (load + cost) / speed (ties to the lowest index).
-    Without `speeds`, onto the least-loaded worker. `allowed[i]`, when given and not None,
+    Without `speeds`, onto the least-loaded worker (as ray_backend.balance, which the single
+    pool uses). `allowed[i]`, when given and not None,
     lists the workers task i may go to; those tasks are placed before the free ones, so a
     free task never takes the room a bound one needed. Each worker's tasks stay in their
     original order so its running sum does not depend on the cost ranking."""

@@ -46,7 +46,14 @@ from raysim.data.federated import FederatedDataset
 from raysim.devices import Population, device_profile
 from raysim.engine.api import Broadcast, ClientTask
 from raysim.engine.backend import Backend
-from raysim.engine.pools import Throughput, balance, fill_order, format_resources, pool_targets, workers_fitting
+from raysim.engine.pools import (
+    Throughput,
+    balance_pools,
+    fill_order,
+    format_resources,
+    pool_targets,
+    workers_fitting,
+)
 from raysim.engine.ray_auth import own_auth_message
 from raysim.engine.runner import ClientRunner
 from raysim.engine.stats import Partial, merge_all
@@ -142,6 +149,19 @@ def predicted_cost(tasks: Sequence[ClientTask], train_sizes: np.ndarray, holdout
         CLIENT_OVERHEAD_EXAMPLES + (holdout_sizes[t.client] if t.kind == "evaluate" else train_sizes[t.client] * t.epochs)
         for t in tasks
     ], dtype=float)
+
+
+def balance(costs: np.ndarray, workers: int) -> list[list[int]]:
+    """Longest-processing-time-first: each task (dearest first, ties by position) onto the
+    least-loaded worker (ties to the lowest index). Each worker's tasks stay in their
+    original order so its running sum does not depend on the cost ranking."""
+    loads = np.zeros(workers)
+    assigned: list[list[int]] = [[] for _ in range(workers)]
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        w = int(np.argmin(loads))
+        loads[w] += costs[i]
+        assigned[w].append(i)
+    return [sorted(a) for a in assigned]
 
 
 def _pool_label(cfg: BackendConfig, pool: PoolConfig) -> str:
@@ -515,7 +535,7 @@ class RayBackend(Backend):
         return out
 
     def _assignment(self, tasks: Sequence[ClientTask], costs: np.ndarray) -> list[list[int]]:
-        """Which worker of the pool runs which task (balance): by measured pool speeds when there
+        """Which worker of the pool runs which task: by measured pool speeds (balance_pools) when there
         are several pools and backend.balance is measured, bound tasks only to their pool."""
         speeds = None
         if len(self.pools) > 1 and self.cfg.balance == "measured":
@@ -531,7 +551,9 @@ class RayBackend(Backend):
                 if i >= 0 and not members[i]:
                     self._warn_unbound(self.pools[i])
                 allowed.append(members[i] if i >= 0 and members[i] else None)
-        return balance(costs, self.size, speeds, allowed)
+        if speeds is None and allowed is None:
+            return balance(costs, self.size)
+        return balance_pools(costs, self.size, speeds, allowed)
 
     def _warn_unbound(self, pool: _Pool) -> None:
         if pool.cfg.name not in self._unbound_warned:
