@@ -229,6 +229,65 @@ class OutputConfig(_Section):
     progress: bool = True
 
 
+# Resource names a pool declares through its own fields, not through `resources`.
+_RESERVED_RESOURCES = {"CPU": "num_cpus_per_worker", "GPU": "num_gpus_per_worker"}
+
+
+class PoolConfig(_Section):
+    """One group of identical Ray workers (e.g. a KubeRay worker group); see docs/cluster.md."""
+
+    name: str = Field(description="a plain name (letters, digits, '.', '_', '-'), unique among the pools")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker of the pool declares (and torch threads it uses)")
+    num_gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker declares; 0.25 puts 4 workers on one GPU")
+    resources: dict[str, float] = Field(default_factory=dict, description="custom Ray resources each worker declares "
+                                        "(e.g. {raysim_gpu: 1}: only nodes started with that resource hold it)")
+    num_workers: int | Literal["fill"] = Field("fill", description="workers of this pool; fill: as many as the "
+                                               "cluster's resources hold after the pools listed with counts")
+    profiles: list[str] = Field(default_factory=list, description="device profiles whose clients run only on this "
+                                "pool (affinity); the pool also takes clients of unbound profiles")
+
+    @field_validator("name")
+    @classmethod
+    def _plain_pool_name(cls, value: str) -> str:
+        if not is_plain_name(value):
+            raise ValueError(f"pool name {value!r} is not a plain name: use letters, digits, '.', '_' and '-', "
+                             "starting with a letter or digit (it names round-log columns)")
+        return value
+
+    @field_validator("num_workers")
+    @classmethod
+    def _positive_count(cls, value: int | str) -> int | str:
+        if value != "fill" and value < 1:
+            raise ValueError(f"num_workers must be at least 1 or 'fill' (got {value})")
+        return value
+
+    @field_validator("resources")
+    @classmethod
+    def _custom_resources(cls, resources: dict[str, float]) -> dict[str, float]:
+        for key, amount in resources.items():
+            if key in _RESERVED_RESOURCES:
+                raise ValueError(f"resources.{key}: set {_RESERVED_RESOURCES[key]} instead")
+            if not amount > 0:
+                raise ValueError(f"resources.{key}={amount:g}: each worker must ask for a positive amount")
+        return resources
+
+    @field_validator("profiles")
+    @classmethod
+    def _known_pool_profiles(cls, profiles: list[str]) -> list[str]:
+        for name in profiles:
+            _registry("device").check(name)
+        if len(set(profiles)) != len(profiles):
+            raise ValueError(f"profiles lists a profile twice: {profiles}")
+        return profiles
+
+    def demand(self) -> dict[str, float]:
+        """What one worker of the pool asks Ray for, by Ray resource name."""
+        out = {"CPU": self.num_cpus_per_worker, **self.resources}
+        if self.num_gpus_per_worker > 0:
+            out["GPU"] = self.num_gpus_per_worker
+        return out
+
+
 class BackendConfig(_Section):
     name: Literal["ray", "inprocess"] = Field(
         "ray", description="ray: a pool of worker actors; inprocess: every client in the driver (tests, debugging)"
@@ -248,9 +307,50 @@ class BackendConfig(_Section):
     )
     max_retries: int = Field(3, ge=0, description="times a dead worker's clients are retried within one round")
     placement_timeout_s: float = Field(
-        30.0, gt=0, description="seconds a new or replacement worker may take to start; past it, the pool shrinks "
-                                "to what the cluster holds (a lost node's CPUs are gone)"
+        30.0, gt=0, description="seconds a new, replacement or first worker may wait for a node to take it "
+                                "(building it may take longer); past it, the pool shrinks to what the cluster "
+                                "holds (a lost node's CPUs are gone)"
     )
+    pools: list[PoolConfig] | None = Field(
+        None, description="groups of workers with their own resources (a CPU group and a GPU group); null: one pool "
+                          "of num_workers x (num_cpus_per_worker, num_gpus_per_worker)"
+    )
+    balance: Literal["measured", "predicted"] = Field(
+        "measured", description="how clients are split between pools: measured: by each pool's throughput observed "
+                                "in earlier rounds; predicted: by predicted cost alone (the split, and so the "
+                                "results, repeat bit for bit)"
+    )
+
+    @model_validator(mode="after")
+    def _pools_fit(self) -> "BackendConfig":
+        if self.pools is None:
+            return self
+        if not self.pools:
+            raise ValueError("pools is empty: list at least one pool, or set pools: null for the single pool")
+        flat = [f for f in ("num_workers", "num_cpus_per_worker", "num_gpus_per_worker")
+                if getattr(self, f) != BackendConfig.model_fields[f].default]
+        if flat:
+            raise ValueError(f"pools replaces {', '.join(flat)}: give each pool its own num_workers, "
+                             "num_cpus_per_worker and num_gpus_per_worker and leave the flat fields unset")
+        names = [p.name for p in self.pools]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"pools: the pool name {', '.join(twice)} is used more than once; pool names must be unique")
+        claimed: dict[str, str] = {}
+        for pool in self.pools:
+            for profile in pool.profiles:
+                if profile in claimed:
+                    raise ValueError(f"pools: profile {profile} is bound to both pool {claimed[profile]} and pool "
+                                     f"{pool.name}; bind each profile to one pool")
+                claimed[profile] = pool.name
+        return self
+
+    def resolved_pools(self) -> list[PoolConfig]:
+        """The pools, or the single pool the flat fields describe (named "default")."""
+        if self.pools is not None:
+            return list(self.pools)
+        return [PoolConfig(name="default", num_cpus_per_worker=self.num_cpus_per_worker,
+                           num_gpus_per_worker=self.num_gpus_per_worker, num_workers=self.num_workers or "fill")]
 
 
 class MetricsConfig(_Section):
@@ -331,6 +431,12 @@ class ExperimentConfig(_Section):
             allowed = [n for n in datasets.names() if datasets.info(n)["has_users"]]
             raise ValueError(f"data.partition.scheme={scheme} needs per-user data; allowed datasets: "
                              f"{', '.join(allowed)} (got {ds})")
+        mix = set(self.devices.mix)
+        for pool in self.backend.pools or []:
+            absent = [p for p in pool.profiles if p not in mix]
+            if absent:
+                raise ValueError(f"backend.pools[{pool.name}].profiles: {', '.join(absent)} not in devices.mix, so no "
+                                 f"client has it; remove it or add it to devices.mix ({', '.join(self.devices.mix)})")
         takes, kind = _registry("model").info(model).get("inputs"), datasets.info(ds).get("inputs")
         if takes and kind and kind not in takes:
             allowed = [n for n in datasets.names() if datasets.info(n)["inputs"] in takes]

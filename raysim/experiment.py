@@ -112,7 +112,7 @@ def build_backend(cfg: ExperimentConfig, runner: ClientRunner) -> Backend:
 
     try:
         return RayBackend(functools.partial(build_worker_runner, cfg, runner.population, shipped_plugins(cfg)),
-                          runner.dataset, cfg.backend)
+                          runner.dataset, cfg.backend, runner.population)
     except ValueError as exc:  # the pool does not fit the cluster
         raise ConfigError(str(exc)) from None
 

@@ -39,9 +39,15 @@ class Cluster:
         self.address = ""
         self.sessions: dict[str, int] = {}  # node name -> session id of its processes
 
-    def _start(self, name: str, args: list[str]) -> int:
+    def _start(self, name: str, args: list[str], resources: dict | None = None) -> int:
+        """`resources`: what the node declares beyond its one CPU (e.g. {"GPU": 1, "gpu_group": 2})."""
         node_mgr, obj_mgr, metrics, agent_http, agent_grpc, renv = _free_ports(6)
         log_path = self.root / f"{name}.log"
+        extra = dict(resources or {})
+        if "GPU" in extra:
+            args = [*args, f"--num-gpus={extra.pop('GPU'):g}"]  # fake GPUs: Ray only counts them
+        if extra:
+            args = [*args, f"--resources={json.dumps(extra)}"]
         with open(log_path, "w") as log:
             start = subprocess.Popen(
                 [str(RAY), "start", *args, "--node-ip-address=127.0.0.1", "--num-cpus=1",
@@ -56,14 +62,14 @@ class Cluster:
         assert start.returncode == 0, f"ray start ({name}) failed:\n{log_path.read_text()}"
         return start.pid
 
-    def start_head(self) -> None:
+    def start_head(self, resources: dict | None = None) -> None:
         gcs, client = _free_ports(2)
         self.address = f"127.0.0.1:{gcs}"
         self._start("head", ["--head", f"--port={gcs}", f"--ray-client-server-port={client}",
-                             "--include-dashboard=false", f"--system-config={json.dumps(HEALTH_CHECK)}"])
+                             "--include-dashboard=false", f"--system-config={json.dumps(HEALTH_CHECK)}"], resources)
 
-    def add_node(self, name: str) -> None:
-        self._start(name, [f"--address={self.address}"])
+    def add_node(self, name: str, resources: dict | None = None) -> None:
+        self._start(name, [f"--address={self.address}"], resources)
 
     def kill_node(self, name: str) -> list[int]:
         """SIGKILL the node's raylet and everything under it at once, as a machine that dies; returns the pids."""
@@ -85,14 +91,15 @@ class Cluster:
         return leftovers
 
 
-def start_cluster(worker_nodes: int) -> Cluster:
-    """A head and `worker_nodes` worker nodes, one CPU each; call `.stop()` when done."""
+def start_cluster(worker_nodes: int, head: dict | None = None, nodes: dict | None = None) -> Cluster:
+    """A head and `worker_nodes` worker nodes, one CPU each (plus `head` / `nodes`: fake
+    GPUs and custom resources, see Cluster._start); call `.stop()` when done."""
     # A short root: Ray's unix socket paths must stay under ~107 bytes.
     cluster = Cluster(Path(tempfile.mkdtemp(prefix="rsn-", dir="/tmp")))
     try:
-        cluster.start_head()
+        cluster.start_head(head)
         for i in range(worker_nodes):
-            cluster.add_node(f"node{i + 1}")
+            cluster.add_node(f"node{i + 1}", nodes)
     except BaseException:
         cluster.stop()
         shutil.rmtree(cluster.root, ignore_errors=True)

@@ -406,20 +406,73 @@ def test_rayjob_entrypoint_runs_a_config_the_image_contains():
                for m in mounts), f"--out {args.out} is not on a volume of the head pod (mounts: {mounts})"
 
 
+def _ray_node_resources(group: dict) -> dict[str, float]:
+    """What Ray sees on one pod of `group`: num-cpus (else the container's cpu limit),
+    num-gpus (else its nvidia.com/gpu limit) and the custom resources of rayStartParams."""
+    params = group.get("rayStartParams", {})
+    (container,) = group["template"]["spec"]["containers"]
+    limits = container["resources"]["limits"]
+    out = {"CPU": float(params.get("num-cpus", _cpu_quantity(limits["cpu"])))}
+    gpus = float(params.get("num-gpus", limits.get("nvidia.com/gpu", 0)))
+    if gpus:
+        out["GPU"] = gpus
+    raw = params.get("resources")
+    if raw:
+        out |= json.loads(raw[1:-1].replace('\\"', '"'))
+    return out
+
+
+def _gpu_pool(cfg):
+    (pool,) = [p for p in cfg.backend.resolved_pools() if p.num_gpus_per_worker > 0]
+    return pool
+
+
+@pytest.mark.parametrize("owner", ["RayCluster", "RayJob"])
+def test_the_jobs_pools_run_clients_on_both_worker_groups(owner):
+    """Each pool asks for its group's custom resource, so its workers go to that group only,
+    and on the manifests' cluster both pools get the group's full slot count."""
+    from raysim.engine.pools import pool_targets, workers_fitting
+
+    cfg = _job_config()
+    pools = cfg.backend.resolved_pools()
+    spec = _cluster_specs()[owner]
+    groups = spec["workerGroupSpecs"]
+    assert len(pools) == len(groups), f"{owner}: want one backend.pools entry per worker group"
+    nodes = [(_group_name, _ray_node_resources(g)) for _group_name, g in _groups(spec)
+             for _ in range(g.get("replicas", 1) if _group_name != "head" else 1)]
+    totals: dict[str, float] = {}
+    for _, res in nodes:
+        for k, v in res.items():
+            totals[k] = totals.get(k, 0.0) + v
+    for pool, count in zip(pools, pool_targets(pools, totals), strict=True):
+        hosts = {name for name, res in nodes if workers_fitting(pool.demand(), res) >= 1}
+        assert len(hosts) == 1, f"{owner}: pool {pool.name} fits on groups {sorted(hosts)}, want exactly one"
+        (host,) = hosts
+        group = next(g for g in groups if g["groupName"] == host)
+        slots = sum(workers_fitting(pool.demand(), res) for name, res in nodes if name == host)
+        assert count == slots == group["replicas"] * workers_fitting(pool.demand(), _ray_node_resources(group)) > 0, (
+            f"{owner}: pool {pool.name} sized {count}, group {host} has {slots} slots")
+    gpu = _gpu_pool(cfg)
+    assert gpu.profiles == ["datacenter_gpu"], "datacenter_gpu clients should run on the GPU group"
+    bound = {p for pool in pools for p in pool.profiles}
+    assert set(cfg.devices.mix) - bound, "unbound profiles keep both groups busy"
+
+
 @pytest.mark.parametrize("owner", ["RayCluster", "RayJob"])
 def test_fractional_gpus_pack_whole_workers_onto_the_gpu_pod(owner):
     cfg = _job_config()
-    fraction = cfg.backend.num_gpus_per_worker
-    assert 0 < fraction < 1, f"backend.num_gpus_per_worker={fraction}: the GPU group is meant to share GPUs"
+    pool = _gpu_pool(cfg)
+    fraction = pool.num_gpus_per_worker
+    assert 0 < fraction < 1, f"backend.pools[{pool.name}].num_gpus_per_worker={fraction}: the GPU group is meant to share GPUs"
     per_gpu = round(1 / fraction)
     assert math.isclose(per_gpu * fraction, 1.0), f"1/{fraction} is not a whole number of workers per GPU"
     gpu_group = _gpu_group(_cluster_specs()[owner])
     (container,) = gpu_group["template"]["spec"]["containers"]
     limits = container["resources"]["limits"]
     slots = per_gpu * int(limits["nvidia.com/gpu"])
-    cpus_needed = slots * cfg.backend.num_cpus_per_worker
+    cpus_needed = slots * pool.num_cpus_per_worker
     assert _cpu_quantity(limits["cpu"]) >= cpus_needed, (
-        f"{owner}: {slots} GPU workers x {cfg.backend.num_cpus_per_worker} CPU need {cpus_needed} CPUs, "
+        f"{owner}: {slots} GPU workers x {pool.num_cpus_per_worker} CPU need {cpus_needed} CPUs, "
         f"the pod has {limits['cpu']}: CPUs, not GPUs, would limit the packing"
     )
     raw = gpu_group["rayStartParams"]["resources"]

@@ -42,8 +42,9 @@ class Backend(ABC):
 
 
 def worker_threads(cfg: BackendConfig) -> int:
-    """Torch threads per worker: its whole CPUs, at least one."""
-    return max(1, int(cfg.num_cpus_per_worker))
+    """Torch threads per worker: its whole CPUs, at least one (with several pools, the first
+    pool's: what the in-process reference uses)."""
+    return max(1, int(cfg.resolved_pools()[0].num_cpus_per_worker))
 
 
 @contextmanager

@@ -2,9 +2,13 @@
 
 - Each worker actor holds one ClientRunner (model cache, algorithm) and reads the
   dataset from the object store without copying; it runs many virtual clients.
+- Workers come in pools (`backend.pools`, or the one pool the flat fields describe),
+  each pool's workers declaring that pool's CPUs, GPUs and custom resources.
 - The driver assigns a round's clients to workers by predicted cost (longest
-  first onto the least-loaded worker), feeds each worker `clients_per_call`
-  clients at a time, two calls deep, and watches them with `ray.wait`.
+  first onto the worker that would finish it soonest, weighing each pool's measured
+  throughput; a client whose device profile is bound to a pool only to that pool's
+  workers; raysim/engine/pools.py), feeds each worker `clients_per_call` clients at a
+  time, two calls deep, and watches them with `ray.wait`.
 - Every worker sums its clients into one Partial it keeps until the round ends;
   the partials merge through a tree of calls on the pool's actors with a fixed
   fan-in and order, first on each node, then across nodes (one partial per node
@@ -12,10 +16,12 @@
 - A worker that dies is replaced and all of its clients for the round rerun
   (its running sum died with it, so nothing is counted twice), at most
   `max_retries` times; after that its clients are reported as failed.
-- A replacement that has not started within `placement_timeout_s` (its node is
+- A replacement that no node took within `placement_timeout_s` (its node is
   gone, and the CPU with it) is given up: the pool shrinks and the clients rerun on
-  the next surviving worker that is free. Before each round the pool grows back
-  into resources the cluster has free (a node joined), up to `num_workers`.
+  the next surviving worker of its pool that is free. Before each round each pool grows
+  back into resources the cluster has free (a node joined), up to its `num_workers`.
+- The first pool's workers, too, must be placed on a node within `placement_timeout_s`
+  (building any worker may take longer); a pool no node can hold is refused at once.
 
 This is the only module that imports ray.
 """
@@ -36,10 +42,19 @@ import ray
 import torch
 from ray.exceptions import RayActorError, RayError
 
-from raysim.config import BackendConfig, ConfigError
+from raysim.config import BackendConfig, ConfigError, PoolConfig
 from raysim.data.federated import FederatedDataset
+from raysim.devices import Population, device_profile
 from raysim.engine.api import Broadcast, ClientTask
-from raysim.engine.backend import Backend, worker_threads
+from raysim.engine.backend import Backend
+from raysim.engine.pools import (
+    Throughput,
+    balance_pools,
+    fill_order,
+    format_resources,
+    pool_targets,
+    workers_fitting,
+)
 from raysim.engine.ray_auth import own_auth_message
 from raysim.engine.runner import ClientRunner
 from raysim.engine.stats import Partial, merge_all
@@ -57,11 +72,13 @@ PIPELINE_DEPTH = 2  # calls in flight per worker: the next is queued while one r
 class ClientWorker:
     """A Ray actor running virtual clients; the round's running sum lives here."""
 
-    def __init__(self, index: int, runner_factory: RunnerFactory, dataset: FederatedDataset, threads: int):
+    def __init__(self, index: int, runner_factory: RunnerFactory, dataset: FederatedDataset, threads: int,
+                 pool: str = "default"):
         torch.set_num_threads(threads)  # its share of the node, not every core (and what in-process uses)
         gpus = ray.get_gpu_ids()
         self.device = "cuda" if gpus and torch.cuda.is_available() else "cpu"
         self.index = index
+        self.pool = pool
         self.dataset = dataset  # deserialised from the object store: numpy views, no copy
         self.runner = runner_factory(dataset, self.device)
         self.runner.warm_up()
@@ -74,7 +91,7 @@ class ClientWorker:
     def info(self) -> dict:
         x = self.dataset.shared_array
         return {
-            "index": self.index, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
+            "index": self.index, "pool": self.pool, "pid": os.getpid(), "node": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(), "resources": ray.get_runtime_context().get_assigned_resources(),
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()], "device": self.device,
             "threads": torch.get_num_threads(), "data_zero_copy": not x.flags.owndata and not x.flags.writeable,
@@ -152,27 +169,55 @@ def balance(costs: np.ndarray, workers: int) -> list[list[int]]:
     return [sorted(a) for a in assigned]
 
 
-def workers_fitting(cfg: BackendConfig, resources: dict[str, float]) -> int:
-    """Workers of `cfg`'s size that `resources` (total or available) hold; 0 when none."""
-    fit = int(resources.get("CPU", 0) // cfg.num_cpus_per_worker)
-    if cfg.num_gpus_per_worker > 0:
-        fit = min(fit, int(round(resources.get("GPU", 0) / cfg.num_gpus_per_worker, 6)))
-    return max(fit, 0)
+def _pool_label(cfg: BackendConfig, pool: PoolConfig) -> str:
+    return f"backend.pools[{pool.name}]" if cfg.pools is not None else "backend"
+
+
+def pool_sizes(cfg: BackendConfig, resources: dict[str, float]) -> list[int]:
+    """Workers per pool that fit the cluster: a pool's num_workers, or for "fill" what
+    the cluster's `resources` hold for it (raysim/engine/pools.py). A fill pool that fits
+    no worker is refused, naming the setting."""
+    pools = cfg.resolved_pools()
+    sizes = pool_targets(pools, resources)
+    for pool, n in zip(pools, sizes, strict=True):
+        if n >= 1:
+            continue
+        if cfg.pools is None:  # the flat fields' own messages
+            if cfg.num_gpus_per_worker > 0 and resources.get("GPU", 0) <= 0:
+                raise ValueError(f"backend.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster "
+                                 "has no GPU")
+            raise ValueError(f"the Ray cluster ({resources.get('CPU', 0):g} CPUs) fits no worker of "
+                             f"backend.num_cpus_per_worker={cfg.num_cpus_per_worker:g}")
+        raise ValueError(f"backend.pools[{pool.name}]: num_workers: fill, but the Ray cluster "
+                         f"({format_resources(resources)}) has no room for a worker of "
+                         f"{format_resources(pool.demand())} after the pools before it; give it a count, "
+                         "or start a node with those resources")
+    return sizes
 
 
 def pool_size(cfg: BackendConfig, resources: dict[str, float]) -> int:
-    """Workers that fit the cluster: CPUs / cpus-per-worker, and GPUs / gpus-per-worker when GPUs are asked for."""
-    if cfg.num_workers is not None:
-        return cfg.num_workers
-    if cfg.num_gpus_per_worker > 0 and resources.get("GPU", 0) <= 0:
-        raise ValueError(f"backend.num_gpus_per_worker={cfg.num_gpus_per_worker:g} but the Ray cluster has no GPU")
-    fit = workers_fitting(cfg, resources)
-    if fit < 1:
-        raise ValueError(
-            f"the Ray cluster ({resources.get('CPU', 0):g} CPUs) fits no worker of "
-            f"backend.num_cpus_per_worker={cfg.num_cpus_per_worker:g}"
-        )
-    return fit
+    """All pools' workers together (pool_sizes)."""
+    return sum(pool_sizes(cfg, resources))
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    """Each live node's resources a worker can ask for (not memory, nor Ray's node:* markers)."""
+    def askable(key: str) -> bool:
+        return key not in ("memory", "object_store_memory") and not key.startswith(("node:", "accelerator_type:"))
+
+    return [{k: v for k, v in n["Resources"].items() if askable(k)} for n in ray.nodes() if n.get("Alive")]
+
+
+def check_pools_placeable(cfg: BackendConfig, nodes: list[dict[str, float]]) -> None:
+    """Refuse a pool whose worker no node could ever hold (a GPU or custom resource that no
+    node has): Ray would keep such an actor pending for ever."""
+    for pool in cfg.resolved_pools():
+        demand = pool.demand()
+        if not any(workers_fitting(demand, node) >= 1 for node in nodes):
+            have = "; ".join(format_resources(n) for n in nodes) or "none"
+            raise ValueError(f"{_pool_label(cfg, pool)}: a worker asks for {format_resources(demand)} and no node "
+                             f"of the Ray cluster has that (nodes: {have}); change the pool's resources, or start "
+                             "a node with them (ray start --num-gpus / --resources)")
 
 
 def node_tree_reduce(leaves: list[tuple[str, object]], fan_in: int, merge: Callable[[str, list], object]):
@@ -190,13 +235,26 @@ def node_tree_reduce(leaves: list[tuple[str, object]], fan_in: int, merge: Calla
 
 
 @dataclass
+class _Pool:
+    """A group of identical workers and how it is doing."""
+
+    cfg: PoolConfig
+    label: str  # how messages name it
+    actor_cls: object
+    threads: int
+    placement_failed: dict | None = None  # cluster resources when a placement last timed out
+
+
+@dataclass
 class _Worker:
     """A pool member: its actor, an id that is never reused (for logs), and its info() once placed."""
 
     id: int
     actor: object
     ready: object  # reference of its first info() call: resolves once it is placed and built
+    pool: _Pool
     info: dict | None = None
+    spawned: float = field(default_factory=time.monotonic)
 
     @property
     def node(self) -> str:
@@ -219,6 +277,19 @@ class _WorkerRound:
     node: str = ""  # where its partial lives
     failed_reason: str | None = None
     chunks: list[list[ClientTask]] = field(default_factory=list)
+    pool: _Pool | None = None  # the pool of the worker it was given first
+    cost: float = 0.0  # predicted cost of its tasks
+
+
+def _is_placed(actor) -> bool:
+    """Whether a node took the actor (its process exists), though it may still be building.
+    Ray's actor table has a pid only once the actor was given a worker process."""
+    from ray._private import state  # the GCS's actor table; Ray 2.60 has no public call for one actor
+
+    try:
+        return bool(state.actors(actor._actor_id.hex()).get("Pid"))
+    except Exception:  # noqa: BLE001 - unknown table layout: treat as placed, i.e. wait as before
+        return True
 
 
 def _warn(message: str) -> None:
@@ -226,29 +297,45 @@ def _warn(message: str) -> None:
 
 
 class RayBackend(Backend):
-    def __init__(self, runner_factory: RunnerFactory, dataset: FederatedDataset, cfg: BackendConfig):
+    def __init__(self, runner_factory: RunnerFactory, dataset: FederatedDataset, cfg: BackendConfig,
+                 population: Population | None = None):
+        """`population`: whose device profiles `backend.pools[*].profiles` bind to pools."""
         if not ray.is_initialized():
             raise RuntimeError("RayBackend needs ray.init() first (raysim.engine.ray_session does it for a run)")
         self.cfg = cfg
-        size = pool_size(cfg, ray.cluster_resources())
+        sizes = pool_sizes(cfg, ray.cluster_resources())
+        check_pools_placeable(cfg, _alive_nodes())
         self.train_sizes = dataset.client_train_sizes()
         self.holdout_sizes = dataset.holdout_counts
         self._factory = runner_factory
         self._dataset_ref = ray.put(dataset)  # once; every worker maps the same buffers
-        self._actor_cls = ray.remote(ClientWorker).options(
-            num_cpus=cfg.num_cpus_per_worker, num_gpus=cfg.num_gpus_per_worker, max_restarts=0, max_task_retries=0,
-        )
+        self.pools = [_Pool(p, _pool_label(cfg, p), ray.remote(ClientWorker).options(
+            num_cpus=p.num_cpus_per_worker, num_gpus=p.num_gpus_per_worker, resources=dict(p.resources) or None,
+            max_restarts=0, max_task_retries=0), max(1, int(p.num_cpus_per_worker))) for p in cfg.resolved_pools()]
+        self._client_pool = self._bind_profiles(population)
+        self.throughput = Throughput()
         self._next_id = 0
-        self.pool = [self._spawn() for _ in range(size)]
+        self.pool = [self._spawn(pool) for pool, n in zip(self.pools, sizes, strict=True) for _ in range(n)]
         self._round = 0
         self._pool_info: dict[str, float] = {}
         self.replaced = 0  # workers replaced after dying, over the backend's life
         self.started: list[dict] = []  # info() of every worker that was placed, in order
         self.merges: list[dict] = []  # the last run's merges: node and inputs, in submission order
-        self._placement_failed: dict | None = None  # cluster resources when a placement last timed out
         self._homes: dict = {}  # partial reference -> node it lives on, during a merge
         self._reported_workers = 0
         self._merge_log: list[dict] = []  # merges not yet handed to new_merges
+        self._unbound_warned: set[str] = set()
+
+    def _bind_profiles(self, population: Population | None) -> np.ndarray | None:
+        """Per client, the index of the pool its device profile is bound to, -1 for none;
+        None when no pool binds a profile."""
+        bound = {device_profile(name).name: i for i, p in enumerate(self.pools) for name in p.cfg.profiles}
+        if not bound:
+            return None
+        if population is None:
+            raise ValueError("backend.pools binds device profiles, but the backend was given no population")
+        per_profile = np.array([bound.get(p.name, -1) for p in population.profiles])
+        return per_profile[population.profile_ids]
 
     @property
     def size(self) -> int:
@@ -258,14 +345,21 @@ class RayBackend(Backend):
     def workers(self) -> list:
         return [w.actor for w in self.pool]
 
-    def _spawn(self) -> _Worker:
+    def _members(self, pool: _Pool) -> list[_Worker]:
+        return [w for w in self.pool if w.pool is pool]
+
+    def _spawn(self, pool: _Pool) -> _Worker:
         index, self._next_id = self._next_id, self._next_id + 1
-        actor = self._actor_cls.remote(index, self._factory, self._dataset_ref, worker_threads(self.cfg))
-        return _Worker(index, actor, actor.info.remote())
+        actor = pool.actor_cls.remote(index, self._factory, self._dataset_ref, pool.threads, pool.cfg.name)
+        return _Worker(index, actor, actor.info.remote(), pool)
 
     def _placed(self, worker: _Worker, timeout_s: float | None) -> bool:
-        """Wait (at most `timeout_s`) for `worker` to start; one that does not is killed."""
+        """Wait for `worker` to start: at most `timeout_s` for a node to take it, then as long as it
+        builds (a loaded machine may take longer to start a process than to place it); one that no
+        node took is killed."""
         ready, _ = ray.wait([worker.ready], timeout=timeout_s)
+        while not ready and _is_placed(worker.actor):  # building; a node lost meanwhile ends it with an error
+            ready, _ = ray.wait([worker.ready], timeout=1.0)
         try:
             if ready:
                 worker.info = ray.get(worker.ready)
@@ -276,46 +370,55 @@ class RayBackend(Backend):
         ray.kill(worker.actor, no_restart=True)
         return False
 
-    def _new_worker(self) -> _Worker | None:
-        """A started worker, or None when the cluster cannot place one within the placement timeout.
-        After a timeout, no further worker is tried until the cluster's resources change (a node
-        joins or is declared dead), so a lost node costs one timeout, not one per worker or round."""
-        if self._placement_failed is not None and self._placement_failed == ray.cluster_resources():
+    def _new_worker(self, pool: _Pool) -> _Worker | None:
+        """A started worker of `pool`, or None when no node takes one within the placement timeout. After a timeout, no further worker of the pool is tried until the cluster's resources
+        change (a node joins or is declared dead), so a lost node costs one timeout, not one per worker
+        or round."""
+        if pool.placement_failed is not None and pool.placement_failed == ray.cluster_resources():
             return None
-        worker = self._spawn()
+        worker = self._spawn(pool)
         if self._placed(worker, self.cfg.placement_timeout_s):
             return worker
-        self._placement_failed = ray.cluster_resources()
+        pool.placement_failed = ray.cluster_resources()
         return None
 
+    def _noun(self, pool: _Pool) -> str:
+        return "the worker pool" if self.cfg.pools is None else f"pool {pool.cfg.name}"
+
     def _grow(self) -> None:
-        """Before a round: workers for the resources nodes that joined brought (up to backend.num_workers)."""
-        if self.cfg.num_workers is not None and self.size >= self.cfg.num_workers:
+        """Before a round: workers for the resources nodes that joined brought (up to each pool's num_workers)."""
+        if all(p.cfg.num_workers != "fill" and len(self._members(p)) >= p.cfg.num_workers for p in self.pools):
             return  # full: no need to ask the cluster
-        target = self.cfg.num_workers or workers_fitting(self.cfg, ray.cluster_resources())
-        missing = min(target - self.size, workers_fitting(self.cfg, ray.available_resources()))
-        if missing <= 0:
-            return
-        before = self.size
-        for _ in range(missing):
-            worker = self._new_worker()
-            if worker is None:
-                break
-            self.pool.append(worker)
-        if self.size > before:
-            _warn(f"the Ray cluster has room again: the worker pool grows from {before} to {self.size} workers")
+        targets = pool_targets([p.cfg for p in self.pools], ray.cluster_resources())
+        free = ray.available_resources()
+        for i in fill_order([p.cfg for p in self.pools]):
+            pool = self.pools[i]
+            before = len(self._members(pool))
+            missing = min(targets[i] - before, workers_fitting(pool.cfg.demand(), free))
+            for _ in range(max(missing, 0)):
+                worker = self._new_worker(pool)
+                if worker is None:
+                    break
+                self.pool.append(worker)
+                for k, amount in pool.cfg.demand().items():
+                    free[k] = free.get(k, 0.0) - amount
+            after = len(self._members(pool))
+            if after > before:
+                _warn(f"the Ray cluster has room again: {self._noun(pool)} grows from {before} to {after} workers")
 
     def _replace(self, dead: _Worker) -> _Worker | None:
-        """Swap a dead worker for a new one in its place in the pool; None (and the pool shrinks,
+        """Swap a dead worker for a new one of its pool in its place; None (and the pool shrinks,
         with one log line) when the cluster cannot hold a new one."""
         ray.kill(dead.actor, no_restart=True)
         i = self.pool.index(dead)
-        worker = self._new_worker()
+        worker = self._new_worker(dead.pool)
         if worker is None:
             del self.pool[i]
+            left = len(self._members(dead.pool))
             _warn(f"worker {dead.id} died and no replacement could be placed within "
-                  f"backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (a node lost?): the worker "
-                  f"pool shrinks to {self.size} worker{'' if self.size == 1 else 's'}; its clients rerun on the others")
+                  f"backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (a node lost?): "
+                  f"{self._noun(dead.pool)} shrinks to {left} worker{'' if left == 1 else 's'}; its clients rerun "
+                  "on the others")
             return None
         self.pool[i] = worker
         self.replaced += 1
@@ -337,11 +440,41 @@ class RayBackend(Backend):
         return out
 
     def wait_ready(self) -> None:
-        """Every actor has built its runner (the first pool waits as long as it takes)."""
-        for w in self.pool:
-            if w.info is None:
-                w.info = ray.get(w.ready)
-                self.started.append(w.info)
+        """Every actor has built its runner. A worker that no node took within placement_timeout_s
+        (its resources are held by others) is given up; building one that was placed is waited for
+        as long as it takes. A pool left with no worker ends the run with a ConfigError."""
+        fresh = waiting = [w for w in self.pool if w.info is None]
+        while waiting:
+            refs = [w.ready for w in waiting]
+            ray.wait(refs, num_returns=len(refs), timeout=0.5)
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+            for w in waiting:
+                if w.ready in done:
+                    w.info = ray.get(w.ready)  # a worker that failed to build raises here, as it should
+            waiting = [w for w in waiting if w.info is None]
+            late = [w for w in waiting if time.monotonic() - w.spawned > self.cfg.placement_timeout_s
+                    and not _is_placed(w.actor)]
+            for w in late:
+                ray.kill(w.actor, no_restart=True)
+                self.pool.remove(w)
+            waiting = [w for w in waiting if w not in late]
+            self._report_unplaced(late)
+        self.started += [w.info for w in fresh if w in self.pool]  # in pool order, as workers.jsonl lists them
+
+    def _report_unplaced(self, late: list[_Worker]) -> None:
+        for pool in {id(w.pool): w.pool for w in late}.values():
+            given_up = sum(1 for w in late if w.pool is pool)
+            left = len(self._members(pool))
+            free, total = ray.available_resources(), ray.cluster_resources()
+            why = (f"no node took {given_up} worker{'' if given_up == 1 else 's'} of {format_resources(pool.cfg.demand())} "
+                   f"within backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (the cluster has "
+                   f"{format_resources({k: free.get(k, 0.0) for k in pool.cfg.demand()})} of "
+                   f"{format_resources({k: total.get(k, 0.0) for k in pool.cfg.demand()})} free)")
+            if left == 0:
+                raise ConfigError(f"{pool.label}: {why}; free those resources, lower the pool's num_workers or "
+                                  "resources, or raise backend.placement_timeout_s")
+            pool.placement_failed = total
+            _warn(f"{pool.label}: {why}: running with the {left} placed")
 
     def close(self) -> None:
         for w in self.pool:
@@ -382,27 +515,86 @@ class RayBackend(Backend):
                            "nodes": float(len({w.node for w in self.pool})),
                            "cross_node_partials": float(sum(m["remote_inputs"] for m in self.merges)),
                            "merge_nodes": float(len(nodes))}
+        self._observe(tasks[0].kind, states)
+        if self.cfg.pools is not None:
+            self._pool_info |= self._per_pool_info(tasks[0].kind, states)
         return partial
+
+    def _observe(self, kind: str, states: list[_WorkerRound]) -> None:
+        """Each pool's throughput this round, from the shares its workers ran undisturbed."""
+        for pool in self.pools:
+            clean = [st for st in states if st.pool is pool and st.done and st.attempt == 0]
+            self.throughput.observe(kind, pool.cfg.name, sum(st.cost for st in clean), sum(st.busy_s for st in clean))
+
+    def _per_pool_info(self, kind: str, states: list[_WorkerRound]) -> dict[str, float]:
+        """Round-log columns per pool: workers, clients, the busiest worker's seconds, its speed estimate."""
+        out = {}
+        speeds = self.throughput.speeds(kind, [p.cfg.name for p in self.pools])
+        for pool, speed in zip(self.pools, speeds, strict=True):
+            mine = [st for st in states if st.pool is pool]
+            name = pool.cfg.name
+            out[f"pool_{name}_workers"] = float(len(self._members(pool)))
+            out[f"pool_{name}_clients"] = float(sum(len(st.tasks) for st in mine))
+            out[f"pool_{name}_busy_s"] = max((st.busy_s for st in mine), default=0.0)
+            out[f"pool_{name}_speed"] = speed
+        return out
+
+    def _assignment(self, tasks: Sequence[ClientTask], costs: np.ndarray) -> list[list[int]]:
+        """Which worker of the pool runs which task: by measured pool speeds (balance_pools) when there
+        are several pools and backend.balance is measured, bound tasks only to their pool."""
+        speeds = None
+        if len(self.pools) > 1 and self.cfg.balance == "measured":
+            by_pool = dict(zip((p.cfg.name for p in self.pools),
+                               self.throughput.speeds(tasks[0].kind, [p.cfg.name for p in self.pools]), strict=True))
+            speeds = [by_pool[w.pool.cfg.name] for w in self.pool]
+        allowed = None
+        if self._client_pool is not None:
+            members = {i: [j for j, w in enumerate(self.pool) if w.pool is p] for i, p in enumerate(self.pools)}
+            allowed = []
+            for t in tasks:
+                i = int(self._client_pool[t.client])
+                if i >= 0 and not members[i]:
+                    self._warn_unbound(self.pools[i])
+                allowed.append(members[i] if i >= 0 and members[i] else None)
+        if speeds is None and allowed is None:
+            return balance(costs, self.size)
+        return balance_pools(costs, self.size, speeds, allowed)
+
+    def _warn_unbound(self, pool: _Pool) -> None:
+        if pool.cfg.name not in self._unbound_warned:
+            self._unbound_warned.add(pool.cfg.name)
+            _warn(f"{pool.label} has no worker left: the clients of its profiles ({', '.join(pool.cfg.profiles)}) "
+                  "run on the other pools")
 
     def _run_clients(self, tasks: Sequence[ClientTask], box: list) -> list[_WorkerRound]:
         """Every client once into some worker's running sum; a lost worker's share reruns on its
-        replacement or, when none can be placed, on the next worker that finishes its own share."""
+        replacement or, when none can be placed, on the next worker of its pool that finishes its
+        own share (of any pool when its pool has none left)."""
         if not self.pool:
             raise RuntimeError("the Ray cluster holds no worker any more")
         costs = predicted_cost(tasks, self.train_sizes, self.holdout_sizes)
-        states = [_WorkerRound(slot, [tasks[i] for i in idx], worker)
-                  for slot, (worker, idx) in enumerate(zip(self.pool, balance(costs, self.size), strict=True))]
+        states = [_WorkerRound(slot, [tasks[i] for i in idx], worker, pool=worker.pool, cost=float(costs[idx].sum()))
+                  for slot, (worker, idx) in enumerate(zip(self.pool, self._assignment(tasks, costs), strict=True))]
         orphans: list[_WorkerRound] = []  # shares whose worker was lost, waiting for an idle one
         idle: list[_Worker] = []
         pending: dict = {}  # ref -> (state, attempt, "run" | "finish")
 
+        def taker(st: _WorkerRound) -> _Worker | None:
+            own = [w for w in idle if w.pool is st.pool]
+            if own:
+                return own[0]
+            return idle[0] if idle and not self._members(st.pool) else None
+
         def assign():
-            while orphans and idle:
-                st = orphans.pop(0)
-                st.worker = idle.pop(0)
+            for st in list(orphans):
+                worker = taker(st)
+                if worker is None:
+                    continue
+                orphans.remove(st)
+                idle.remove(worker)
+                st.worker = worker
                 self._restart_round(st)
                 self._feed(st, box, pending)
-
         for st in states:
             self._restart_round(st)
             self._feed(st, box, pending)

@@ -1,5 +1,5 @@
-"""Where a Ray run ran: workers.jsonl (one line per worker the run started: its node,
-node IP, declared CPUs/GPUs, device, pid and the round it first served) and merges.jsonl
+"""Where a Ray run ran: workers.jsonl (one line per worker the run started: its pool, node,
+node IP, declared CPUs/GPUs and custom resources, device, pid and the round it first served) and merges.jsonl
 (each merge of client partials: its node, how many inputs, how many came from other nodes).
 
 Written at each round's end, numbered like rounds.parquet; a resumed run first cuts both
@@ -22,9 +22,11 @@ MERGES_FILE = "merges.jsonl"
 
 def worker_line(info: dict, start_round: int) -> dict:
     resources = info.get("resources", {})
-    return {"worker": info["index"], "node": info["node"], "node_ip": info["node_ip"],
-            "cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0), "gpu_ids": info["gpu_ids"],
-            "device": info["device"], "pid": info["pid"], "start_round": start_round}
+    custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
+    return {"worker": info["index"], "pool": info.get("pool", "default"), "node": info["node"],
+            "node_ip": info["node_ip"], "cpus": resources.get("CPU", 0.0), "gpus": resources.get("GPU", 0.0),
+            "resources": custom, "gpu_ids": info["gpu_ids"], "device": info["device"], "pid": info["pid"],
+            "start_round": start_round}
 
 
 class ClusterLog(Callback):
