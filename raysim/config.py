@@ -311,6 +311,10 @@ class BackendConfig(_Section):
                                 "(building it may take longer); past it, the pool shrinks to what the cluster "
                                 "holds (a lost node's CPUs are gone)"
     )
+    build_timeout_s: float = Field(
+        600.0, gt=0, description="seconds a placed worker may take to build (import torch, map the data, build "
+                                 "its runner); past it, the worker is given up like one no node took"
+    )
     pools: list[PoolConfig] | None = Field(
         None, description="groups of workers with their own resources (a CPU group and a GPU group); null: one pool "
                           "of num_workers x (num_cpus_per_worker, num_gpus_per_worker)"

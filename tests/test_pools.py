@@ -245,3 +245,25 @@ def test_a_first_pool_placed_in_part_runs_with_what_was_placed_and_says_so(small
     err = capfd.readouterr().err
     assert "backend.pools[big]: no node took 1 worker of {CPU: 1} within backend.placement_timeout_s=2 s" in err
     assert "running with the 2 placed" in err
+
+
+def _hanging_build(dataset, device):
+    time.sleep(3600)  # a worker whose build never ends (a hung import, a stuck filesystem)
+
+
+@uses_ray
+def test_a_worker_whose_build_hangs_is_given_up_within_the_build_timeout(small_config):
+    """Placed but never built: past placement_timeout_s + build_timeout_s the pool gives it up
+    with one message naming build_timeout_s, instead of waiting for ever."""
+    cfg = small_config(backend={"name": "ray", "num_workers": 1, "placement_timeout_s": 1, "build_timeout_s": 2})
+    rnd = plan_round(cfg, 0, [0])
+    backend = RayBackend(_hanging_build, rnd.dataset, cfg.backend)
+    start = time.monotonic()
+    try:
+        with pytest.raises(ConfigError) as err:
+            backend.wait_ready()
+        waited = time.monotonic() - start
+    finally:
+        backend.close()
+    assert 3 <= waited < 20, waited
+    assert "1 placed worker did not build within backend.build_timeout_s=2 s" in str(err.value)

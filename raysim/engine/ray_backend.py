@@ -355,10 +355,12 @@ class RayBackend(Backend):
 
     def _placed(self, worker: _Worker, timeout_s: float | None) -> bool:
         """Wait for `worker` to start: at most `timeout_s` for a node to take it, then as long as it
-        builds (a loaded machine may take longer to start a process than to place it); one that no
-        node took is killed."""
+        builds (a loaded machine may take longer to start a process than to place it), up to
+        build_timeout_s; one that no node took, or that did not build in time, is killed."""
         ready, _ = ray.wait([worker.ready], timeout=timeout_s)
-        while not ready and _is_placed(worker.actor):  # building; a node lost meanwhile ends it with an error
+        built_by = time.monotonic() + self.cfg.build_timeout_s
+        # Building; a node lost meanwhile ends it with an error, a build that hangs with build_timeout_s.
+        while not ready and _is_placed(worker.actor) and time.monotonic() < built_by:
             ready, _ = ray.wait([worker.ready], timeout=1.0)
         try:
             if ready:
@@ -441,8 +443,8 @@ class RayBackend(Backend):
 
     def wait_ready(self) -> None:
         """Every actor has built its runner. A worker that no node took within placement_timeout_s
-        (its resources are held by others) is given up; building one that was placed is waited for
-        as long as it takes. A pool left with no worker ends the run with a ConfigError."""
+        (its resources are held by others) is given up, and so is one placed that has not built within
+        build_timeout_s more. A pool left with no worker ends the run with a ConfigError."""
         fresh = waiting = [w for w in self.pool if w.info is None]
         while waiting:
             refs = [w.ready for w in waiting]
@@ -452,29 +454,40 @@ class RayBackend(Backend):
                 if w.ready in done:
                     w.info = ray.get(w.ready)  # a worker that failed to build raises here, as it should
             waiting = [w for w in waiting if w.info is None]
-            late = [w for w in waiting if time.monotonic() - w.spawned > self.cfg.placement_timeout_s
-                    and not _is_placed(w.actor)]
+            now = time.monotonic()
+            late = [w for w in waiting if now - w.spawned > self.cfg.placement_timeout_s and (
+                now - w.spawned > self.cfg.placement_timeout_s + self.cfg.build_timeout_s or not _is_placed(w.actor))]
+            unbuilt = {id(w) for w in late if _is_placed(w.actor)}
             for w in late:
                 ray.kill(w.actor, no_restart=True)
                 self.pool.remove(w)
             waiting = [w for w in waiting if w not in late]
-            self._report_unplaced(late)
+            self._report_unplaced(late, unbuilt)
         self.started += [w.info for w in fresh if w in self.pool]  # in pool order, as workers.jsonl lists them
 
-    def _report_unplaced(self, late: list[_Worker]) -> None:
+    def _report_unplaced(self, late: list[_Worker], unbuilt: set[int] = frozenset()) -> None:
+        """One line per pool for the workers given up at start: unplaced ones (`late`), or placed
+        ones that did not build in time (ids in `unbuilt`); a pool left with none is an error."""
         for pool in {id(w.pool): w.pool for w in late}.values():
-            given_up = sum(1 for w in late if w.pool is pool)
+            given_up = [w for w in late if w.pool is pool]
             left = len(self._members(pool))
             free, total = ray.available_resources(), ray.cluster_resources()
-            why = (f"no node took {given_up} worker{'' if given_up == 1 else 's'} of {format_resources(pool.cfg.demand())} "
-                   f"within backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (the cluster has "
-                   f"{format_resources({k: free.get(k, 0.0) for k in pool.cfg.demand()})} of "
-                   f"{format_resources({k: total.get(k, 0.0) for k in pool.cfg.demand()})} free)")
+            n = sum(1 for w in given_up if id(w) not in unbuilt)
+            why = []
+            if n:
+                why.append(f"no node took {n} worker{'' if n == 1 else 's'} of {format_resources(pool.cfg.demand())} "
+                           f"within backend.placement_timeout_s={self.cfg.placement_timeout_s:g} s (the cluster has "
+                           f"{format_resources({k: free.get(k, 0.0) for k in pool.cfg.demand()})} of "
+                           f"{format_resources({k: total.get(k, 0.0) for k in pool.cfg.demand()})} free)")
+            if len(given_up) > n:
+                why.append(f"{len(given_up) - n} placed worker{'' if len(given_up) - n == 1 else 's'} did not build "
+                           f"within backend.build_timeout_s={self.cfg.build_timeout_s:g} s (see the Ray worker logs)")
+            text = "; ".join(why)
             if left == 0:
-                raise ConfigError(f"{pool.label}: {why}; free those resources, lower the pool's num_workers or "
-                                  "resources, or raise backend.placement_timeout_s")
+                raise ConfigError(f"{pool.label}: {text}; free those resources, lower the pool's num_workers or "
+                                  "resources, or raise backend.placement_timeout_s / build_timeout_s")
             pool.placement_failed = total
-            _warn(f"{pool.label}: {why}: running with the {left} placed")
+            _warn(f"{pool.label}: {text}: running with the {left} placed")
 
     def close(self) -> None:
         for w in self.pool:
