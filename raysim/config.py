@@ -249,10 +249,7 @@ class PoolConfig(_Section):
     @field_validator("name")
     @classmethod
     def _plain_pool_name(cls, value: str) -> str:
-        if not is_plain_name(value):
-            raise ValueError(f"pool name {value!r} is not a plain name: use letters, digits, '.', '_' and '-', "
-                             "starting with a letter or digit (it names round-log columns)")
-        return value
+        return require_plain_name(value, "pool name ", "it names round-log columns")
 
     @field_validator("num_workers")
     @classmethod
@@ -398,6 +395,14 @@ def is_plain_name(name: str) -> bool:
     return bool(PLAIN_NAME.fullmatch(name)) and ".." not in name
 
 
+def require_plain_name(value: str, what: str, why: str) -> str:
+    """`value` if it is a plain name, else the ValueError a validator raises (`what` prefixes it)."""
+    if not is_plain_name(value):
+        raise ValueError(f"{what}{value!r} is not a plain name: use up to 100 letters, digits, '.', '_' and '-', "
+                         f"starting with a letter or digit ({why})")
+    return value
+
+
 class ExperimentConfig(_Section):
     name: str = Field("experiment", description="a plain name (letters, digits, '.', '_', '-'): the run folder is "
                                                 "<output.dir>/<name>-<timestamp>")
@@ -420,10 +425,7 @@ class ExperimentConfig(_Section):
     @field_validator("name")
     @classmethod
     def _plain_name(cls, value: str) -> str:
-        if not is_plain_name(value):
-            raise ValueError(f"{value!r} is not a plain name: use up to 100 letters, digits, '.', '_' and '-', "
-                             "starting with a letter or digit (it names the run folder inside output.dir)")
-        return value
+        return require_plain_name(value, "", "it names the run folder inside output.dir")
 
     @model_validator(mode="after")
     def _compatible(self) -> "ExperimentConfig":

@@ -184,3 +184,13 @@ def crashed_run(cfg, monkeypatch, crash_round: int) -> Path:
         execute(cfg, run_dir)
     monkeypatch.setattr(Evaluator, "__call__", original)
     return run_dir
+
+
+def assert_committed_result_renders(folder: str, stem: str, markdown) -> None:
+    """docs/results/<folder>/<stem>.md is what <stem>.json renders to, and the README shows its table as it is."""
+    root = Path(__file__).parent.parent
+    result = json.loads((root / "docs" / "results" / folder / f"{stem}.json").read_text())
+    md = (root / "docs" / "results" / folder / f"{stem}.md").read_text()
+    assert md == markdown(result)
+    table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
+    assert table in (root / "README.md").read_text()

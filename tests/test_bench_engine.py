@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import assert_committed_result_renders
 from raysim.benchmarks import add_bench_parsers, bench_main
 from raysim.benchmarks.engine_limit import ComputeLimit
 from raysim.benchmarks.engine_plan import TARGETS, WAYS, WORKLOADS, workload_config
@@ -164,11 +165,4 @@ def test_a_tiny_real_run_writes_every_file_and_judges_consistently(tmp_path, mon
 
 
 def test_the_committed_result_and_the_readme_table_come_from_the_json():
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    result = json.loads((root / "docs" / "results" / "engine" / "engine.json").read_text())
-    md = (root / "docs" / "results" / "engine" / "engine.md").read_text()
-    assert md == markdown(result)  # engine.md is what the JSON renders to
-    table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
-    assert table in (root / "README.md").read_text()  # the README shows that table as it is
+    assert_committed_result_renders("engine", "engine", markdown)

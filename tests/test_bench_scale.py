@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from conftest import assert_committed_result_renders
 from raysim.benchmarks.scale_cli import run_scale
 from raysim.benchmarks.scale_plan import SCENARIOS
 from raysim.benchmarks.scale_report import markdown, targets
@@ -77,11 +78,4 @@ def test_refuses_a_population_smaller_than_a_cohort(tmp_path):
 
 
 def test_the_committed_result_and_the_readme_table_come_from_the_json():
-    from pathlib import Path
-
-    root = Path(__file__).parent.parent
-    result = json.loads((root / "docs" / "results" / "scale" / "scale.json").read_text())
-    md = (root / "docs" / "results" / "scale" / "scale.md").read_text()
-    assert md == markdown(result)  # scale.md is what the JSON renders to
-    table = "\n".join(line for line in md.splitlines() if line.startswith("|"))
-    assert table in (root / "README.md").read_text()  # the README shows that table as it is
+    assert_committed_result_renders("scale", "scale", markdown)

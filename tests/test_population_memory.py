@@ -61,12 +61,18 @@ print(memory.peak - memory.start)
     {"num_clients": 20_000, "partition": {"scheme": "iid"}, "synthetic": {"max_samples": 60}},  # the rows do
 ], ids=["block", "clients", "rows"])
 def test_estimate_is_at_or_above_the_measured_peak_and_close_to_it(data):
-    # A fresh interpreter, so freed memory of earlier tests cannot hide the build's growth.
+    _assert_estimate_bounds_the_peak(data, estimate_synthetic)
+
+
+def _assert_estimate_bounds_the_peak(data: dict, estimator) -> int:
+    """The build's peak, measured in a fresh interpreter (so freed memory of earlier tests cannot
+    hide its growth), is at most the estimate and at least 1/1.6 of it; returns the estimate."""
     proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(data)], capture_output=True, text=True,
                           timeout=300, check=True)
     measured = int(proc.stdout.split()[-1])
-    estimate = estimate_synthetic(DataConfig.model_validate(data)).total_bytes
+    estimate = estimator(DataConfig.model_validate(data)).total_bytes
     assert measured <= estimate <= 1.6 * measured, (measured, estimate)
+    return estimate
 
 
 def test_refusal_names_the_setting_the_need_and_what_fits():
@@ -167,11 +173,7 @@ def test_documented_constants_match_the_code():
 def test_lazy_estimate_is_at_or_above_the_measured_peak_and_close_to_it(data):
     from raysim.data.population_memory import estimate_lazy_synthetic
 
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, json.dumps(data)], capture_output=True, text=True,
-                          timeout=300, check=True)
-    measured = int(proc.stdout.split()[-1])
-    estimate = estimate_lazy_synthetic(DataConfig.model_validate(data)).total_bytes
-    assert measured <= estimate <= 1.6 * measured, (measured, estimate)
+    estimate = _assert_estimate_bounds_the_peak(data, estimate_lazy_synthetic)
     # Far below the resident estimate of the same population: no rows are held.
     resident = DataConfig.model_validate({**data, "synthetic": {**data["synthetic"], "resident": True}})
     assert estimate < estimate_synthetic(resident).total_bytes / 3
