@@ -46,7 +46,6 @@ class FedAvg(FederatedAlgorithm):
         # The factory contract passes the model builder and an example input; FedAvg needs neither.
         self.cfg = cfg
         self.params = self.Params.model_validate(cfg.algorithm.params) if self.Params else None
-        self._upload_encoder: ReusedBufferEncoder | None = None  # built where clients run
 
     def init_state(self, weights: Tensors) -> ServerState:
         return ServerState(round=0, weights={k: v.clone() for k, v in weights.items()})
@@ -108,7 +107,7 @@ class FedAvg(FederatedAlgorithm):
         reused buffer (raysim/costs/payload.py), else encoded in full."""
         if type(self).encode is not FedAvg.encode or self.cfg.payload.compression != "none":
             return len(self.encode(delta, {}, include_mask=False))
-        if getattr(self, "_upload_encoder", None) is None:  # a subclass may not call our __init__
+        if getattr(self, "_upload_encoder", None) is None:  # built where clients run, on first use
             self._upload_encoder = ReusedBufferEncoder()
         return self._upload_encoder.length(delta, {}, include_mask=False)
 

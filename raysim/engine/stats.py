@@ -62,8 +62,12 @@ class WeightedSum:
     def total(self, tensors: Tensors) -> None:
         self._total, self._unscaled = tensors, None
 
+    def _held(self) -> Tensors:
+        """The tensors as held: scaled once read, else the client's own."""
+        return self._total if self._total is not None else self._unscaled
+
     def _names(self):
-        return (self._total if self._total is not None else self._unscaled).keys()
+        return self._held().keys()
 
     def add_(self, other: "WeightedSum") -> "WeightedSum":
         """In place: for a sum this partial owns (one allocation per round, not per client)."""
@@ -94,15 +98,13 @@ class WeightedSum:
 
     def to(self, device: torch.device | str) -> "WeightedSum":
         """The same sum with its tensors on `device` (itself when they are already there)."""
-        tensors = self._total if self._total is not None else self._unscaled
-        if all(v.device == torch.device(device) for v in tensors.values()):
+        if all(v.device == torch.device(device) for v in self._held().values()):
             return self
-        moved = {k: v.to(device) for k, v in tensors.items()}
+        moved = {k: v.to(device) for k, v in self._held().items()}
         return WeightedSum(moved, self.weight) if self._total is not None else WeightedSum.lazy(moved, self.weight)
 
     def is_finite(self) -> bool:
-        tensors = self._total if self._total is not None else self._unscaled
-        return math.isfinite(self.weight) and all(_all_finite(v) for v in tensors.values())
+        return math.isfinite(self.weight) and all(_all_finite(v) for v in self._held().values())
 
     def __getstate__(self):  # __slots__ classes pickle through this pair
         return self._total, self._unscaled, self.weight

@@ -53,8 +53,8 @@ def train_together(
         raise NotVectorizable(f"optimizer {optimizer.name!r}: only SGD is vectorised")
     if any(True for _ in model.buffers()):
         raise NotVectorizable("the model has buffers (e.g. BatchNorm statistics), which would need one copy per client")
-    if any(len(d) == 0 for d in datas):
-        raise NotVectorizable("a client has no rows")
+    if any(len(d) == 0 for d in datas):  # the clients' data, not the model: no reason to stop vectorising
+        raise ValueError("a client has no rows; train it alone, where it fails by itself")
     k = len(datas)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     frozen = {n: weights[n] for n, p in model.named_parameters() if not p.requires_grad}
